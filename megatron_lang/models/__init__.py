@@ -1,0 +1,1 @@
+"""Model shapes, megatron-core GPTModel construction, full <-> sharded state dicts."""

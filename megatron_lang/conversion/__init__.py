@@ -1,0 +1,1 @@
+"""HF <-> Megatron conversion: one declarative mapping table per model family."""

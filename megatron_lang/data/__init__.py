@@ -1,0 +1,1 @@
+"""Data: text -> Megatron indexed datasets, blends, batch builders."""

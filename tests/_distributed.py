@@ -1,0 +1,84 @@
+"""Run a function on N real processes joined by a gloo process group.
+
+``run_distributed(fn, world_size, *args)`` spawns ``world_size`` processes,
+each sets the torchrun environment variables, calls
+``megatron_lang.platform.init_distributed()`` and then ``fn(*args)``.  It returns
+the list of per-rank return values (anything ``torch.save`` can store) and raises
+with each failing rank's traceback.  ``fn`` must be a module-level function.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import socket
+import tempfile
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(fn, rank: int, world_size: int, port: int, out_dir: str, args: tuple) -> None:
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        OMP_NUM_THREADS="1",
+    )
+    torch.set_num_threads(1)
+    out = Path(out_dir)
+    try:
+        from megatron_lang.platform import destroy_distributed, init_distributed
+
+        init_distributed(timeout_s=240)
+        try:
+            result = fn(*args)
+        finally:
+            destroy_distributed()
+        torch.save(result, out / f"rank{rank}.pt")
+    except BaseException:
+        (out / f"rank{rank}.err").write_text(traceback.format_exc())
+        raise SystemExit(1) from None
+
+
+def run_distributed(fn, world_size: int, *args: Any, timeout: float = 300) -> list[Any]:
+    """Run ``fn(*args)`` on ``world_size`` gloo ranks; return each rank's result."""
+    ctx = mp.get_context("spawn")
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="mlang-dist-") as d:
+        procs = [
+            ctx.Process(target=_worker, args=(fn, r, world_size, port, d, args), daemon=False)
+            for r in range(world_size)
+        ]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(timeout)
+        hung = [r for r, p in enumerate(procs) if p.is_alive()]
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join()
+        errors = []
+        for r, p in enumerate(procs):
+            err = Path(d) / f"rank{r}.err"
+            if err.exists():
+                errors.append(f"--- rank {r} ---\n{err.read_text()}")
+            elif p.exitcode != 0 and r not in hung:
+                errors.append(f"--- rank {r} exited with code {p.exitcode} ---")
+        if errors or hung:
+            msg = "\n".join(errors)
+            if hung:
+                msg += f"\nranks {hung} did not finish within {timeout} s"
+            raise RuntimeError(f"distributed run of {fn.__name__} failed:\n{msg}")
+        return [torch.load(Path(d) / f"rank{r}.pt", weights_only=False) for r in range(world_size)]
