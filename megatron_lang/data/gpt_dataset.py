@@ -1,0 +1,259 @@
+"""megatron-core GPT datasets from a blend spec, with repetition caps enforced.
+
+Why not hand the blend straight to ``BlendedMegatronDatasetBuilder``?  megatron-core
+has no per-source limit: it sizes each source's ``GPTDataset`` at
+``ceil(weight * N * (1 + mid_level_dataset_surplus))`` samples and builds as many
+epochs of it as that needs, then interleaves with an uncapped
+``build_blending_indices``.  Even with effective weights that respect the caps,
+the 0.5 % surplus and rounding can build (and shuffle across) one epoch more than
+``max_epochs``, so some documents would be seen ``max_epochs + 1`` times.
+
+So the training split is built in three steps:
+
+1. :func:`plan_train_blend` turns the caps into sample caps
+   (``floor(max_epochs * samples_per_epoch)``), water-fills the requested
+   weights against them (so capped sources are spread evenly over the whole run
+   instead of being exhausted early) and builds the capped blend index
+   (``megatron_lang._C``), which guarantees ``drawn_i <= cap_i`` exactly.
+2. Each source gets its own ``GPTDataset`` through ``BlendedMegatronDatasetBuilder``
+   (distributed-aware: built on the chosen ranks, cached, barriers), sized to
+   exactly the samples the index draws from it, so it never holds more epochs
+   than the cap allows.
+3. :class:`CappedBlendedDataset` -- megatron-core's ``BlendedDataset`` with its
+   index-building step replaced by the capped index -- interleaves them.
+
+Validation is per source (one ``GPTDataset`` each, keyed ``language/name``) for
+per-language perplexity: from ``valid_path`` when the source has one, otherwise
+from the validation part of the blend's ``split``.
+
+Every split is checked *before* megatron-core sees it: with 0.16.1 a split with
+zero sequences makes ``GPTDataset._get_num_epochs`` loop forever.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from megatron_lang.data.blend import BlendError, BlendSource, BlendSpec, water_fill
+from megatron_lang.data.blend_index import UNCAPPED, BlendIndex, build_capped_blend_index
+from megatron_lang.platform.logging import get_logger
+
+logger = get_logger(__name__)
+
+
+@dataclass
+class TokenIds:
+    """The token ids megatron-core's GPT datasets need, when no full tokenizer is at hand."""
+
+    eod: int
+    """End-of-document id (separates documents inside a sample)."""
+    vocab_size: int
+    """Vocabulary size (selects the on-disk token dtype)."""
+    pad: int | None = None
+    """Padding id, if the tokenizer has a distinct one."""
+
+    @property
+    def unique_identifiers(self) -> dict[str, Any]:
+        """What megatron-core hashes into its dataset cache names."""
+        return {"class": type(self).__name__, "eod": self.eod, "vocab_size": self.vocab_size}
+
+
+@dataclass
+class TrainBlendPlan:
+    """Sample-level plan of the training blend."""
+
+    samples_per_epoch: list[int]
+    """Samples of ``seq_length`` (+1) tokens in one pass over each source's training part."""
+    caps: list[int]
+    """Most samples drawable per source (``UNCAPPED`` when the source has no cap)."""
+    effective_weights: list[float]
+    """Water-filled weights that respect the caps (sum to 1)."""
+    index: BlendIndex
+    """The capped blend index; ``index.drawn`` are the samples taken per source."""
+
+
+def check_splits(spec: BlendSpec, seq_length: int) -> None:
+    """Fail fast, naming the source, on any split megatron-core cannot build.
+
+    Raises:
+        BlendError: a training part with no sequences or less than one sample of
+            tokens, or a validation part requested by ``split``/``valid_path``
+            that is empty.
+    """
+    need = seq_length + 1
+    for src in spec.sources:
+        stats = spec.stats(src)
+        where = f"source {src.name!r} ({src.path})"
+        if stats.train_sequences == 0:
+            raise BlendError(
+                f"{where}: split {spec.split!r} leaves its training part with 0 sequences; "
+                "megatron-core would never return -- use a coarser split or a valid_path"
+            )
+        if stats.train_tokens < need:
+            raise BlendError(
+                f"{where}: its training part has {stats.train_tokens} tokens, fewer than one "
+                f"sample ({need} tokens at seq_length {seq_length})"
+            )
+        if _has_valid(spec, src) and (stats.valid_sequences == 0 or stats.valid_tokens < need):
+            raise BlendError(
+                f"{where}: its validation part ({src.valid_path or 'split ' + repr(spec.split)}) "
+                f"has {stats.valid_sequences} sequences / {stats.valid_tokens} tokens, fewer "
+                f"than one sample ({need} tokens); megatron-core would hang or yield nothing"
+            )
+
+
+def _has_valid(spec: BlendSpec, src: BlendSource) -> bool:
+    if src.valid_path is not None:
+        return True
+    if spec.split is None:
+        return False
+    from megatron.core.datasets.blended_megatron_dataset_config import parse_and_normalize_split
+
+    return parse_and_normalize_split(str(spec.split))[1] > 0
+
+
+def plan_train_blend(spec: BlendSpec, seq_length: int, train_samples: int) -> TrainBlendPlan:
+    """Sample caps, effective weights and the capped index for ``train_samples`` samples.
+
+    Raises:
+        BlendError: invalid splits, or caps that cannot supply ``train_samples``.
+    """
+    check_splits(spec, seq_length)
+    per_epoch = [(spec.stats(s).train_tokens - 1) // seq_length for s in spec.sources]
+    caps = [
+        int(UNCAPPED) if s.max_epochs is None else int(math.floor(s.max_epochs * n))
+        for s, n in zip(spec.sources, per_epoch)
+    ]
+    supply = sum(min(c, train_samples) for c in caps)
+    if supply < train_samples:
+        detail = ", ".join(f"{s.name}: {c}" for s, c in zip(spec.sources, caps))
+        raise BlendError(
+            f"the caps supply only {supply} samples of {seq_length} tokens but {train_samples} "
+            f"are requested ({detail}); raise max_epochs or add an uncapped source"
+        )
+    alloc = water_fill(
+        [s.weight for s in spec.sources], [float(c) for c in caps], float(train_samples)
+    )
+    weights = [a / train_samples for a in alloc]
+    positive = [max(w, 1e-300) for w in weights]  # a zero-cap source keeps a legal weight
+    index = build_capped_blend_index(positive, caps, train_samples)
+    for src, drawn, cap in zip(spec.sources, index.drawn, caps):
+        shown = "none" if cap == UNCAPPED else cap
+        logger.info("blend source %s: %d samples (cap %s)", src.name, drawn, shown)
+    return TrainBlendPlan(per_epoch, caps, weights, index)
+
+
+def _capped_blended_dataset_class() -> type:
+    from megatron.core.datasets.blended_dataset import BlendedDataset
+
+    class CappedBlendedDataset(BlendedDataset):
+        """megatron-core ``BlendedDataset`` whose indices come from the capped blend index."""
+
+        def __init__(self, datasets: list, weights: list[float], index: BlendIndex, config):
+            self._capped_index = index
+            super().__init__(datasets, weights, len(index.dataset_index), config)
+
+        def _build_indices(self) -> tuple[np.ndarray, np.ndarray]:
+            for i, (dataset, drawn) in enumerate(zip(self.datasets, self._capped_index.drawn)):
+                if drawn > len(dataset):
+                    raise IndexError(f"blend source {i}: {drawn} samples > {len(dataset)}")
+            return self._capped_index.dataset_index, self._capped_index.dataset_sample_index
+
+    return CappedBlendedDataset
+
+
+@dataclass
+class BlendDatasets:
+    """What :func:`build_blend_datasets` returns."""
+
+    train: Any
+    """``CappedBlendedDataset`` of ``train_samples`` samples (items carry ``dataset_id``)."""
+    valid: dict[str, Any]
+    """One ``GPTDataset`` per source with a validation part, keyed ``language/name``."""
+    plan: TrainBlendPlan
+    """The sample-level plan behind ``train``."""
+
+
+def valid_label(src: BlendSource) -> str:
+    """Label of a source's validation set: ``language/name`` or ``name``."""
+    return f"{src.language}/{src.name}" if src.language else src.name
+
+
+def build_blend_datasets(
+    spec: BlendSpec,
+    *,
+    seq_length: int,
+    train_samples: int,
+    tokenizer: Any,
+    seed: int = 1234,
+    valid_samples: int | None = None,
+    path_to_cache: str | None = None,
+    is_built_on_rank: Callable[[], bool] = lambda: True,
+    **gpt_config: Any,
+) -> BlendDatasets:
+    """Build the capped training blend and per-source validation sets.
+
+    Call on every rank (megatron-core synchronises with barriers when
+    ``torch.distributed`` is initialised).
+
+    Args:
+        spec: the blend.
+        seq_length: tokens per sample.
+        train_samples: samples in the training blend (global batch x iterations).
+        tokenizer: object with ``eod`` and ``vocab_size`` (a megatron tokenizer or :class:`TokenIds`).
+        seed: shuffling seed.
+        valid_samples: samples per validation set; ``None`` is one pass over it.
+        path_to_cache: where megatron-core caches its index files (``None``: memory only).
+        is_built_on_rank: whether this rank builds (others load the cache).
+        **gpt_config: extra ``GPTDatasetConfig`` fields (e.g. ``eod_mask_loss=True``).
+    """
+    from megatron.core.datasets.blended_megatron_dataset_builder import (
+        BlendedMegatronDatasetBuilder,
+    )
+    from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+
+    plan = plan_train_blend(spec, seq_length, train_samples)
+    options = {"reset_position_ids": False, "reset_attention_mask": False, "eod_mask_loss": False}
+    options.update(gpt_config)
+    trains, valid = [], {}
+    for src, drawn in zip(spec.sources, plan.index.drawn):
+        has_valid = _has_valid(spec, src)
+        common = dict(
+            random_seed=seed,
+            sequence_length=seq_length,
+            tokenizer=tokenizer,
+            path_to_cache=path_to_cache,
+            **options,
+        )
+        if src.valid_path is not None or spec.split is None:
+            valid_blend = ([src.valid_path], None) if src.valid_path else None
+            config = GPTDatasetConfig(
+                blend_per_split=[([src.path], None), valid_blend, None], **common
+            )
+        else:
+            config = GPTDatasetConfig(blend=([src.path], None), split=str(spec.split), **common)
+            config.split_matrix = [*config.split_matrix[:2], None]  # never build the test part
+        sizes = [int(drawn), valid_samples if has_valid else None, None]
+        train_ds, valid_ds, _ = BlendedMegatronDatasetBuilder(
+            GPTDataset, sizes, is_built_on_rank, config
+        ).build()
+        trains.append(train_ds)
+        if has_valid:
+            valid[valid_label(src)] = valid_ds
+    blend_config = GPTDatasetConfig(
+        random_seed=seed,
+        sequence_length=seq_length,
+        tokenizer=tokenizer,
+        path_to_cache=None,
+        blend_per_split=[([s.path for s in spec.sources], None), None, None],
+        **options,
+    )
+    cls = _capped_blended_dataset_class()
+    weights = [max(w, 1e-300) for w in plan.effective_weights]
+    train = cls(trains, weights, plan.index, blend_config)
+    return BlendDatasets(train=train, valid=valid, plan=plan)
