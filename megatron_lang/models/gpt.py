@@ -45,6 +45,7 @@ def build_gpt_model(
     vp_stage: int | None = None,
     make_vocab_size_divisible_by: int = 128,
     use_te: bool | None = None,
+    padded_vocab: int | None = None,
 ) -> Any:
     """GPTModel for ``arch`` on this rank's pipeline stage.
 
@@ -56,6 +57,8 @@ def build_gpt_model(
         vp_stage: virtual pipeline stage index for interleaved schedules.
         make_vocab_size_divisible_by: vocab padding divisor (times TP).
         use_te: force the TE (True) or local (False) layer spec.
+        padded_vocab: use this padded vocabulary size (e.g. the one saved in a
+            checkpoint) instead of padding ``arch.vocab_size``; must divide by TP.
     """
     from megatron.core import parallel_state
     from megatron.core.models.gpt import GPTModel
@@ -65,6 +68,13 @@ def build_gpt_model(
     if post_process is None:
         post_process = parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage)
     tp = parallel_state.get_tensor_model_parallel_world_size()
+    if padded_vocab is None:
+        padded_vocab = padded_vocab_size(arch.vocab_size, make_vocab_size_divisible_by, tp)
+    if padded_vocab < arch.vocab_size or padded_vocab % tp:
+        raise ValueError(
+            f"padded vocabulary size {padded_vocab} must be >= vocab_size {arch.vocab_size} "
+            f"and divisible by TP={tp}"
+        )
     rope_scaling = arch.rope_scaling or {}
     rope_type = rope_scaling.get("rope_type", rope_scaling.get("type"))
     kwargs: dict[str, Any] = {}
@@ -74,7 +84,7 @@ def build_gpt_model(
     return GPTModel(
         config=config,
         transformer_layer_spec=layer_spec(config, use_te),
-        vocab_size=padded_vocab_size(arch.vocab_size, make_vocab_size_divisible_by, tp),
+        vocab_size=padded_vocab,
         max_sequence_length=arch.max_position_embeddings,
         pre_process=pre_process,
         post_process=post_process,
