@@ -176,14 +176,16 @@ class BlendSpec:
                                 f"source {src.name!r}: '{key}' file {prefix + suffix} not found"
                             )
         if self.split is not None:
-            from megatron.core.datasets.blended_megatron_dataset_config import (
-                parse_and_normalize_split,
-            )
-
+            parts = str(self.split).split(",")
             try:
-                parse_and_normalize_split(str(self.split))
-            except (AssertionError, ValueError, ZeroDivisionError) as err:
-                raise BlendError(f"'split' {self.split!r} is not a valid split string") from err
+                values = [float(x) for x in parts]
+            except ValueError:
+                values = []
+            if not 1 <= len(values) <= 3 or min(values) < 0 or not values[0] > 0:
+                raise BlendError(
+                    f"'split' {self.split!r} is not a valid split string: expected up to three "
+                    "comma-separated non-negative numbers with a positive train part, e.g. '99,1,0'"
+                )
 
     def stats(self, source: BlendSource) -> SourceStats:
         """Sequences and tokens of a source's training and validation parts (cached).
