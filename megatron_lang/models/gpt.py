@@ -64,9 +64,13 @@ def build_gpt_model(
     from megatron.core.models.gpt import GPTModel
 
     if pre_process is None:
-        pre_process = parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage)
+        pre_process = parallel_state.is_pipeline_first_stage(
+            ignore_virtual=False, vp_stage=vp_stage
+        )
     if post_process is None:
-        post_process = parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage)
+        post_process = parallel_state.is_pipeline_last_stage(
+            ignore_virtual=False, vp_stage=vp_stage
+        )
     tp = parallel_state.get_tensor_model_parallel_world_size()
     if padded_vocab is None:
         padded_vocab = padded_vocab_size(arch.vocab_size, make_vocab_size_divisible_by, tp)

@@ -49,13 +49,17 @@ def _is_glu_fc1(name: str, model: torch.nn.Module) -> bool:
     return name.endswith(_GLU_FC1) and bool(getattr(model.config, "gated_linear_unit", False))
 
 
-def _shard(full: torch.Tensor, param: torch.nn.Parameter, glu: bool, rank: int, size: int) -> torch.Tensor:
+def _shard(
+    full: torch.Tensor, param: torch.nn.Parameter, glu: bool, rank: int, size: int
+) -> torch.Tensor:
     if not getattr(param, "tensor_model_parallel", False) or size == 1:
         return full
     dim = param.partition_dim
     if glu:
         gate, up = torch.chunk(full, 2, dim=dim)
-        return torch.cat([torch.chunk(gate, size, dim)[rank], torch.chunk(up, size, dim)[rank]], dim)
+        return torch.cat(
+            [torch.chunk(gate, size, dim)[rank], torch.chunk(up, size, dim)[rank]], dim
+        )
     return torch.chunk(full, size, dim=dim)[rank]
 
 
@@ -103,7 +107,13 @@ def gather_full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
             dim = param.partition_dim
             if _is_glu_fc1(local, model):
                 halves = [torch.chunk(p, 2, dim) for p in parts]
-                t = torch.cat([torch.cat([h[0] for h in halves], dim), torch.cat([h[1] for h in halves], dim)], dim)
+                t = torch.cat(
+                    [
+                        torch.cat([h[0] for h in halves], dim),
+                        torch.cat([h[1] for h in halves], dim),
+                    ],
+                    dim,
+                )
             else:
                 t = torch.cat(parts, dim)
         local_full[names[local]] = t.clone()

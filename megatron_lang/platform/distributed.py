@@ -97,7 +97,14 @@ def read_dist_env(env: Mapping[str, str] | None = None) -> DistEnv:
             master_port=_int(env, "MASTER_PORT") if "MASTER_PORT" in env else DEFAULT_PORT,
             launcher="slurm",
         )
-    return DistEnv(0, 1, 0, "127.0.0.1", _int(env, "MASTER_PORT") if "MASTER_PORT" in env else DEFAULT_PORT, "single")
+    return DistEnv(
+        0,
+        1,
+        0,
+        "127.0.0.1",
+        _int(env, "MASTER_PORT") if "MASTER_PORT" in env else DEFAULT_PORT,
+        "single",
+    )
 
 
 def backend_for_device() -> str:
@@ -137,7 +144,9 @@ def init_distributed(
         world_size=env.world_size,
         timeout=datetime.timedelta(seconds=timeout_s),
     )
-    log.info("torch.distributed up: %d ranks, backend %s (%s)", env.world_size, backend, env.launcher)
+    log.info(
+        "torch.distributed up: %d ranks, backend %s (%s)", env.world_size, backend, env.launcher
+    )
     return env
 
 

@@ -66,7 +66,9 @@ def setup_logging(level: str | int = "INFO", all_ranks: bool = False) -> None:
     handler._megatron_lang = True  # type: ignore[attr-defined]
     handler.addFilter(_RankFilter(all_ranks))
     handler.setFormatter(
-        logging.Formatter("[%(asctime)s rank%(rank)s %(levelname)s %(name)s] %(message)s", "%H:%M:%S")
+        logging.Formatter(
+            "[%(asctime)s rank%(rank)s %(levelname)s %(name)s] %(message)s", "%H:%M:%S"
+        )
     )
     logger.addHandler(handler)
     logger.propagate = False

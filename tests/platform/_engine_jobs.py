@@ -38,7 +38,10 @@ def _distopt_steps(dp_rank: int, dp_size: int, full, steps: int = 3):
     config.no_sync_func = ddp.no_sync
     opt = get_megatron_optimizer(
         OptimizerConfig(
-            optimizer="adam", lr=1e-2, weight_decay=0.01, clip_grad=1.0,
+            optimizer="adam",
+            lr=1e-2,
+            weight_decay=0.01,
+            clip_grad=1.0,
             use_distributed_optimizer=True,
         ),
         [ddp],
@@ -48,7 +51,10 @@ def _distopt_steps(dp_rank: int, dp_size: int, full, steps: int = 3):
         ddp.zero_grad_buffer()
         opt.zero_grad()
         global_batch = E.batch(4, seed=10 + step)
-        mine = {k: v[dp_rank * 4 // dp_size : (dp_rank + 1) * 4 // dp_size] for k, v in global_batch.items()}
+        mine = {
+            k: v[dp_rank * 4 // dp_size : (dp_rank + 1) * 4 // dp_size]
+            for k, v in global_batch.items()
+        }
         out = E.forward_backward(ddp, config, E.microbatches(mine, 2))
         ok, grad_norm, _ = opt.step()
         assert ok, f"optimizer step {step} was skipped"
@@ -80,7 +86,10 @@ def tp_logits(tp: int, full) -> dict:
     """Logits of the reference weights loaded at TP=tp."""
     model, config = E.setup(tp=tp, seed=OTHER_SEED)
     load_full_state_dict(model, full)
-    return {"logits": E.gathered_logits(model, config, E.batch(2)), "full": gather_full_state_dict(model)}
+    return {
+        "logits": E.gathered_logits(model, config, E.batch(2)),
+        "full": gather_full_state_dict(model),
+    }
 
 
 def one_step(tp: int, pp: int, full) -> dict:
@@ -119,5 +128,7 @@ def load_checkpoint(tp: int, pp: int, ckpt_dir: str) -> dict:
     model, config = E.setup(tp=tp, pp=pp, seed=OTHER_SEED)
     state = dist_checkpointing.load(model.sharded_state_dict(), ckpt_dir)
     model.load_state_dict(state)
-    return {"logits": E.gathered_logits(model, config, E.batch(2)), "full": gather_full_state_dict(model)}
-
+    return {
+        "logits": E.gathered_logits(model, config, E.batch(2)),
+        "full": gather_full_state_dict(model),
+    }
