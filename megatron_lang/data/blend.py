@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -147,7 +148,7 @@ class BlendSpec:
             kwargs["name"] = str(item["name"])
             for key in ("path", "valid_path"):
                 if kwargs.get(key) is not None:
-                    kwargs[key] = str(root / str(kwargs[key]))
+                    kwargs[key] = os.path.normpath(root / str(kwargs[key]))
             sources.append(BlendSource(**kwargs))
         spec = cls(sources=sources, split=data.get("split"))
         spec.validate(check_files=check_files)

@@ -1,12 +1,14 @@
 """megatron-core GPT datasets from a blend spec, with repetition caps enforced.
 
 Why not hand the blend straight to ``BlendedMegatronDatasetBuilder``?  megatron-core
-has no per-source limit: it sizes each source's ``GPTDataset`` at
-``ceil(weight * N * (1 + mid_level_dataset_surplus))`` samples and builds as many
-epochs of it as that needs, then interleaves with an uncapped
-``build_blending_indices``.  Even with effective weights that respect the caps,
-the 0.5 % surplus and rounding can build (and shuffle across) one epoch more than
-``max_epochs``, so some documents would be seen ``max_epochs + 1`` times.
+has no notion of a per-source limit.  With the requested weights it repeats a
+small source as often as its weight demands (the test suite shows a source capped
+at 2 epochs drawn about 8 times over).  Feeding it our water-filled effective
+weights instead lands on the caps in practice (0 of 2,000 random integer-cap
+configurations exceeded one with its ``build_blending_indices``), but nothing
+guarantees it: the counts come from floating-point deficits, and each source's
+``GPTDataset`` is sized ``ceil(weight * N * (1 + mid_level_dataset_surplus))``,
+which can build one epoch more than ``max_epochs``.
 
 So the training split is built in three steps:
 
@@ -17,10 +19,12 @@ So the training split is built in three steps:
    (``megatron_lang._C``), which guarantees ``drawn_i <= cap_i`` exactly.
 2. Each source gets its own ``GPTDataset`` through ``BlendedMegatronDatasetBuilder``
    (distributed-aware: built on the chosen ranks, cached, barriers), sized to
-   exactly the samples the index draws from it, so it never holds more epochs
-   than the cap allows.
+   exactly the samples the index draws from it, so it never builds more than
+   ``ceil(max_epochs)`` epochs (documents repeat at most that often).
 3. :class:`CappedBlendedDataset` -- megatron-core's ``BlendedDataset`` with its
-   index-building step replaced by the capped index -- interleaves them.
+   index-building step replaced by the capped index -- interleaves them.  The
+   index is not cached on disk: every rank recomputes it (deterministic, about
+   0.05 s per million samples on one core).
 
 Validation is per source (one ``GPTDataset`` each, keyed ``language/name``) for
 per-language perplexity: from ``valid_path`` when the source has one, otherwise

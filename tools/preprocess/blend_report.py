@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
 
             samples = int(args.total_tokens // args.seq_length)
             plan = plan_train_blend(spec, args.seq_length, samples)
-            lines = [f"\nsamples of {args.seq_length} tokens: {samples} in total"]
+            lines = [f"\n\nsamples of {args.seq_length} tokens: {samples} in total"]
             for src, row, cap, drawn in zip(
                 spec.sources, data["sources"], plan.caps, plan.index.drawn
             ):
