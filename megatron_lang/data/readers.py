@@ -144,6 +144,7 @@ def _jsonl_chunks(path: Path, chunk_bytes: int, max_document_bytes: int) -> Iter
                     more = f.readline(chunk_bytes)
                     size += len(more)
                     if not more or more.endswith(b"\n"):
+                        size -= more.endswith(b"\n")  # the newline is not part of the line
                         break
                 yield Chunk(source, "jsonl", line_no, b"\n", size, {line_no: size})
                 line_no += 1
@@ -311,14 +312,18 @@ def _parse_jsonl_arrow(chunk: Chunk, keys: list[str], limit: int | None) -> Pars
     if table.num_rows != n_lines:
         return None
     columns = []
-    for key in keys:
-        col = table.column(key)
-        if (
-            col.null_count
-            or pc.any(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(col)), 0)).as_py()
-        ):
-            return None
-        columns.append(col.to_pylist())
+    try:
+        for key in keys:
+            col = table.column(key).combine_chunks()
+            col.validate(full=True)  # the JSON reader does not check UTF-8 by itself
+            if col.null_count:
+                return None
+            blank = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(col)), 0)
+            if pc.any(blank).as_py():
+                return None
+            columns.append(col.to_pylist())
+    except (pa.ArrowException, ValueError):
+        return None
     lines = list(range(chunk.first_line, chunk.first_line + n_lines))
     return ParsedChunk([chunk.source] * n_lines, lines, [list(t) for t in zip(*columns)], [])
 

@@ -1,0 +1,163 @@
+"""Readers: every input format gives the same records; bad documents give precise errors."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+
+from megatron_lang.data import readers
+from megatron_lang.data.readers import DocError, InputError, iter_chunks, iter_records, parse_chunk
+
+pytestmark = pytest.mark.unit
+
+
+def _records(path, keys=None, **kw):
+    errors: list[DocError] = []
+    recs = list(iter_records([path], keys, errors=errors, **kw))
+    return recs, errors
+
+
+def test_formats_agree(tmp_path, gimp_jsonl, gimp_texts):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import zstandard
+
+    raw = gimp_jsonl.read_bytes()
+    (tmp_path / "c.jsonl.gz").write_bytes(gzip.compress(raw))
+    (tmp_path / "c.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(raw))
+    pq.write_table(pa.table({"text": gimp_texts}), tmp_path / "c.parquet", row_group_size=7)
+    txt = tmp_path / "txt"
+    txt.mkdir()
+    for i, text in enumerate(gimp_texts):
+        (txt / f"{i:04d}.txt").write_text(text)
+    for path in [gimp_jsonl, *(tmp_path / f"c.{s}" for s in ("jsonl.gz", "jsonl.zst", "parquet"))]:
+        recs, errors = _records(path)
+        assert errors == []
+        assert [r.doc["text"] for r in recs] == gimp_texts, path
+        assert [r.line for r in recs] == list(range(1, len(gimp_texts) + 1))
+    recs, errors = _records(txt)
+    assert [r.doc["text"] for r in recs] == gimp_texts and errors == []
+    assert recs[3].source == str(txt / "0003.txt")
+
+
+def test_small_chunks_keep_line_numbers(gimp_jsonl, gimp_texts):
+    chunks = list(iter_chunks([gimp_jsonl], ["text"], chunk_bytes=1000))
+    assert len(chunks) > 10
+    parsed = [parse_chunk(c, ["text"], 0) for c in chunks]
+    lines = [n for p in parsed for n in p.lines]
+    assert lines == list(range(1, len(gimp_texts) + 1))
+    assert sum(c.input_bytes for c in chunks) == gimp_jsonl.stat().st_size
+
+
+def test_arrow_fast_path_equals_exact_path(gimp_jsonl):
+    for chunk in iter_chunks([gimp_jsonl], ["text", "lang"], chunk_bytes=50_000):
+        fast = readers._parse_jsonl_arrow(chunk, ["text", "lang"], None)
+        assert fast is not None
+        exact = parse_chunk(chunk, ["text", "lang"], 0, fast=False)
+        assert (fast.texts, fast.lines, fast.sources) == (exact.texts, exact.lines, exact.sources)
+
+
+BAD_LINES = [
+    (b'{"text": "ok"', readers.MALFORMED_JSON, "Expecting"),
+    (b'["text"]', readers.NOT_AN_OBJECT, "list"),
+    (b'{"title": "no text"}', readers.MISSING_KEY, "'text' is missing"),
+    (b'{"text": null}', readers.MISSING_KEY, "null"),
+    (b'{"text": 42}', readers.NON_STRING_KEY, "int"),
+    (b'{"text": ["a"]}', readers.NON_STRING_KEY, "list"),
+    (b'{"text": "caf\xe9"}', readers.INVALID_UTF8, "0xe9"),
+    (b'{"text": "lone \\ud800 surrogate"}', readers.INVALID_UTF8, "surrogate"),
+    (b'{"text": ""}', readers.EMPTY_DOCUMENT, "empty"),
+    (b'{"text": "  \\n\\t "}', readers.EMPTY_DOCUMENT, "empty"),
+]
+
+
+@pytest.mark.parametrize("bad,reason,detail", BAD_LINES, ids=[b[1] for b in BAD_LINES])
+def test_bad_jsonl_line_is_reported_with_file_line_reason(tmp_path, bad, reason, detail):
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b'{"text": "first"}\n{"text": "second"}\n' + bad + b'\n{"text": "last"}\n')
+    recs, errors = _records(path)
+    assert [r.doc["text"] for r in recs] == ["first", "second", "last"]
+    assert [r.line for r in recs] == [1, 2, 4]
+    assert len(errors) == 1
+    err = errors[0]
+    assert (err.source, err.line, err.reason) == (str(path), 3, reason)
+    assert detail in err.detail
+    assert str(err).startswith(f"{path}:3: {reason}:")
+    with pytest.raises(InputError, match=f"bad.jsonl:3: {reason}"):
+        list(iter_records([path]))
+
+
+def test_blank_lines_are_not_documents(tmp_path):
+    path = tmp_path / "b.jsonl"
+    path.write_text('{"text": "a"}\n\n   \n{"text": "b"}')
+    recs, errors = _records(path)
+    assert [(r.line, r.doc["text"]) for r in recs] == [(1, "a"), (4, "b")] and errors == []
+
+
+def test_multiple_keys_must_all_be_valid(tmp_path):
+    path = tmp_path / "k.jsonl"
+    path.write_text(
+        json.dumps({"text": "t1", "title": "h1"})
+        + "\n"
+        + json.dumps({"text": "t2"})
+        + "\n"
+        + json.dumps({"text": "t3", "title": "h3"})
+        + "\n"
+    )
+    recs, errors = _records(path, ["text", "title"])
+    assert [r.doc for r in recs] == [{"text": "t1", "title": "h1"}, {"text": "t3", "title": "h3"}]
+    assert [(e.line, e.reason) for e in errors] == [(2, readers.MISSING_KEY)]
+
+
+def test_huge_line_is_streamed_not_held(tmp_path):
+    path = tmp_path / "huge.jsonl"
+    with open(path, "wb") as f:
+        f.write(b'{"text": "small"}\n{"text": "')
+        f.write(b"ab " * 1_000_000)  # a 3 MB document
+        f.write(b'"}\n{"text": "after"}\n')
+    chunks = list(iter_chunks([path], ["text"], chunk_bytes=64_000, max_document_bytes=100_000))
+    assert max(len(c.payload) for c in chunks) < 300_000  # never held the 3 MB line
+    recs, errors = _records(path, max_document_bytes=100_000)
+    assert [(r.line, r.doc["text"]) for r in recs] == [(1, "small"), (3, "after")]
+    assert [(e.line, e.reason) for e in errors] == [(2, readers.DOCUMENT_TOO_LARGE)]
+    assert "3000012 bytes > --max-document-bytes 100000" in errors[0].detail
+    recs, errors = _records(path, max_document_bytes=0)  # no limit: it is a document
+    assert len(recs) == 3 and errors == []
+
+
+def test_text_files_invalid_utf8_names_the_line(tmp_path):
+    (tmp_path / "a.txt").write_bytes(b"fine\nline two \xff here\n")
+    (tmp_path / "b.txt").write_bytes(b"")
+    (tmp_path / "c.txt").write_text("good text")
+    recs, errors = _records(tmp_path)
+    assert [r.doc["text"] for r in recs] == ["good text"]
+    assert [(e.source.rsplit("/", 1)[1], e.line, e.reason) for e in errors] == [
+        ("a.txt", 2, readers.INVALID_UTF8),
+        ("b.txt", 1, readers.EMPTY_DOCUMENT),
+    ]
+
+
+def test_parquet_missing_and_non_string_columns(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": ["a", None, "c"], "n": [1, 2, 3]}), tmp_path / "p.parquet")
+    recs, errors = _records(tmp_path / "p.parquet")
+    assert [(r.line, r.doc["text"]) for r in recs] == [(1, "a"), (3, "c")]
+    assert [(e.line, e.reason) for e in errors] == [(2, readers.MISSING_KEY)]
+    _, errors = _records(tmp_path / "p.parquet", ["n"])
+    assert {e.reason for e in errors} == {readers.NON_STRING_KEY}
+    _, errors = _records(tmp_path / "p.parquet", ["absent"])
+    assert len(errors) == 3 and "column 'absent' is missing" in errors[0].detail
+
+
+def test_expand_inputs_errors(tmp_path):
+    with pytest.raises(InputError, match="no such file"):
+        readers.expand_inputs([tmp_path / "nope.jsonl"])
+    (tmp_path / "x.csv").write_text("a,b")
+    with pytest.raises(InputError, match="unsupported"):
+        readers.expand_inputs([tmp_path / "x.csv"])
+    with pytest.raises(InputError, match="folder has no"):
+        readers.expand_inputs([tmp_path])
