@@ -16,7 +16,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 install: $(STAMP)
 
-$(STAMP): setup.py pyproject.toml requirements/constraints.txt $(wildcard csrc/*.cpp csrc/*.h)
+$(STAMP): setup.py pyproject.toml requirements/constraints.txt requirements/base.txt $(wildcard csrc/*.cpp csrc/*.h)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel pybind11
 	# The CPU wheel of torch first, pinned: a bare `torch` pulls CUDA wheels.

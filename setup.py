@@ -1,32 +1,21 @@
 """Build script for megatron_lang: the Python package plus the pybind11 extension in csrc/."""
 
 from glob import glob
+from pathlib import Path
 
 from pybind11.setup_helpers import Pybind11Extension, build_ext
 from setuptools import find_packages, setup
 
-# Runtime dependencies.  torch is deliberately not listed: on CPU machines the
-# Makefile installs the pinned CPU wheel first (a bare `torch` requirement pulls
-# gigabytes of CUDA wheels), and on GPU clusters the NVIDIA PyTorch container
-# already provides torch, TransformerEngine and apex.  megatron-core itself
-# requires torch>=2.6.  Exact tested versions are in requirements/constraints.txt.
+# Runtime dependencies live in requirements/base.txt (also used on their own to
+# install into GPU containers without touching torch).  torch is deliberately not
+# listed: on CPU machines the Makefile installs the pinned CPU wheel first (a bare
+# `torch` requirement pulls gigabytes of CUDA wheels); the "cpu" extra pins it too.
+# Exact tested versions: requirements/constraints.txt.
+HERE = Path(__file__).resolve().parent
 INSTALL_REQUIRES = [
-    "megatron-core==0.16.1",
-    "numpy>=1.26",
-    "transformers>=4.45",
-    "tokenizers>=0.20",
-    "safetensors>=0.4",
-    "sentencepiece>=0.2",
-    "gigatoken>=0.10",
-    "nltk>=3.9",
-    "tensorboard>=2.16",
-    "tqdm>=4.66",
-    "pyyaml>=6.0",
-    "pyarrow>=15",
-    "zstandard>=0.22",
-    "gguf>=0.10",
-    "accelerate>=1.0",
-    "psutil>=5.9",
+    line.strip()
+    for line in (HERE / "requirements" / "base.txt").read_text().splitlines()
+    if line.strip() and not line.startswith("#")
 ]
 
 EXTRAS_REQUIRE = {
