@@ -15,6 +15,7 @@ with ``--split-sentences``).  A summary JSON goes to ``{prefix}_summary.json``.
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing as mp
 import os
 import resource
@@ -27,13 +28,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow.compute as pc
 
 from megatron_lang.data import readers
 from megatron_lang.data.indexed import IndexedDatasetWriter, optimal_dtype
 from megatron_lang.data.tokenizer import TextTokenizer, TokenizerSpec, load_tokenizer
-from megatron_lang.platform.logging import get_logger
 
-logger = get_logger(__name__)
+# A plain stdlib logger under the ``megatron_lang`` hierarchy (the platform's handler applies once
+# ``megatron_lang.platform.logging`` is configured, as the CLIs do).  Importing the platform
+# package here would load torch in every preprocessing worker process.
+logger = logging.getLogger(__name__)
 
 ON_ERROR = ("fail", "skip")
 
@@ -175,31 +179,37 @@ def process_chunk(chunk: readers.Chunk) -> ChunkResult:
     """Parse, validate, split and tokenize one chunk (in a worker or in-process)."""
     state = _STATE
     assert state is not None, "worker not initialised"
-    parsed = readers.parse_chunk(chunk, state.keys, state.max_document_bytes)
     tok = state.tokenizer
+    zero_copy = state.splitter is None and hasattr(tok, "encode_arrow")
+    parsed = readers.parse_chunk(chunk, state.keys, state.max_document_bytes, keep_arrow=zero_copy)
     bos = tok.bos_id if state.add_bos else None
     eod = tok.eod_id if state.append_eod else None
     datasets = []
     text_bytes = 0
+    n_docs = len(parsed.lines)
     for k in range(len(state.keys)):
-        texts = [t[k] for t in parsed.texts]
-        text_bytes += sum(len(t) for t in texts)
-        if state.splitter is not None:
-            pieces: list[str] = []
-            per_doc = np.empty(len(texts), dtype=np.int64)
-            for d, text in enumerate(texts):
-                sentences = state.splitter.split(text)  # type: ignore[attr-defined]
-                pieces.extend(sentences)
-                per_doc[d] = len(sentences)
+        per_doc = np.ones(n_docs, dtype=np.int64)
+        if parsed.arrow is not None:  # gigatoken reads pyarrow's buffers, no Python strings
+            column = parsed.arrow[k]
+            text_bytes += pc.sum(pc.binary_length(column)).as_py() or 0
+            tokens, lengths = tok.encode_arrow(column)  # type: ignore[attr-defined]
         else:
-            pieces, per_doc = texts, np.ones(len(texts), dtype=np.int64)
-        tokens, lengths = tok.encode_batch(pieces)
+            texts = parsed.key_texts(k)
+            text_bytes += sum(len(t.encode("utf-8")) for t in texts)
+            if state.splitter is not None:
+                pieces: list[str] = []
+                for d, text in enumerate(texts):
+                    sentences = state.splitter.split(text)  # type: ignore[attr-defined]
+                    pieces.extend(sentences)
+                    per_doc[d] = len(sentences)
+                texts = pieces
+            tokens, lengths = tok.encode_batch(texts)
         tokens, lengths = _add_specials(tokens, lengths, per_doc, bos, eod)
         datasets.append((tokens.astype(state.dtype), lengths.astype(np.int32), per_doc))
     return ChunkResult(
         datasets,
         parsed.errors,
-        len(parsed.texts),
+        n_docs,
         chunk.input_bytes,
         text_bytes,
         parsed.blank_lines,

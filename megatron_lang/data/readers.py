@@ -273,12 +273,21 @@ class ParsedChunk:
 
     sources: list[str]
     lines: list[int]
-    texts: list[list[str]]  # per document, one text per key
+    texts: list[list[str]]  # per document, one text per key (empty when ``arrow`` is set)
     errors: list[DocError]
     blank_lines: int = 0
+    arrow: list | None = None  # per key, a pyarrow StringArray of all documents (fast path)
+
+    def key_texts(self, k: int) -> list[str]:
+        """The texts of key number ``k``, one per document."""
+        if self.arrow is not None:
+            return self.arrow[k].to_pylist()
+        return [t[k] for t in self.texts]
 
 
-def _parse_jsonl_arrow(chunk: Chunk, keys: list[str], limit: int | None) -> ParsedChunk | None:
+def _parse_jsonl_arrow(
+    chunk: Chunk, keys: list[str], limit: int | None, keep_arrow: bool = False
+) -> ParsedChunk | None:
     """Fast path for clean JSONL chunks with pyarrow's JSON reader.
 
     Returns None (so the exact line-by-line path runs) whenever the chunk holds anything
@@ -321,15 +330,21 @@ def _parse_jsonl_arrow(chunk: Chunk, keys: list[str], limit: int | None) -> Pars
             blank = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(col)), 0)
             if pc.any(blank).as_py():
                 return None
-            columns.append(col.to_pylist())
+            columns.append(col if keep_arrow else col.to_pylist())
     except (pa.ArrowException, ValueError):
         return None
     lines = list(range(chunk.first_line, chunk.first_line + n_lines))
+    if keep_arrow:
+        return ParsedChunk([chunk.source] * n_lines, lines, [], [], arrow=columns)
     return ParsedChunk([chunk.source] * n_lines, lines, [list(t) for t in zip(*columns)], [])
 
 
 def parse_chunk(
-    chunk: Chunk, keys: list[str], max_document_bytes: int, fast: bool = True
+    chunk: Chunk,
+    keys: list[str],
+    max_document_bytes: int,
+    fast: bool = True,
+    keep_arrow: bool = False,
 ) -> ParsedChunk:
     """Parse a chunk into documents and errors (never raises for bad documents).
 
@@ -339,6 +354,8 @@ def parse_chunk(
         max_document_bytes: limit on one JSON line / text file; 0 = none.
         fast: try pyarrow's JSON reader first for JSONL chunks (same results; the
             exact Python path runs for any chunk with a problem in it).
+        keep_arrow: on the fast path, return the texts as pyarrow arrays in ``arrow``
+            instead of Python strings (for backends that take them without copies).
     """
     out = ParsedChunk([], [], [], [])
     limit = max_document_bytes or None
@@ -352,7 +369,7 @@ def parse_chunk(
             out.texts.append(texts)
 
     if chunk.kind == "jsonl" and fast:
-        parsed = _parse_jsonl_arrow(chunk, keys, limit)
+        parsed = _parse_jsonl_arrow(chunk, keys, limit, keep_arrow)
         if parsed is not None:
             return parsed
     if chunk.kind == "jsonl":

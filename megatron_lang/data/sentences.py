@@ -15,14 +15,16 @@ gives the document back exactly.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 
 from nltk.tokenize.punkt import PunktParameters, PunktSentenceTokenizer, PunktTrainer
 
-from megatron_lang.platform.logging import get_logger
-
-logger = get_logger(__name__)
+# A plain stdlib logger under the ``megatron_lang`` hierarchy (the platform's handler applies once
+# ``megatron_lang.platform.logging`` is configured, as the CLIs do).  Importing the platform
+# package here would load torch in every preprocessing worker process.
+logger = logging.getLogger(__name__)
 
 PARAMS_FORMAT = "megatron_lang.punkt/1"
 

@@ -13,14 +13,16 @@ logs why.  The reference is HF ``tokenizers`` for ``tokenizer.json`` and the
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from megatron_lang.platform.logging import get_logger
-
-logger = get_logger(__name__)
+# A plain stdlib logger under the ``megatron_lang`` hierarchy (the platform's handler applies once
+# ``megatron_lang.platform.logging`` is configured, as the CLIs do).  Importing the platform
+# package here would load torch in every preprocessing worker process.
+logger = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "gigatoken", "hf", "sentencepiece")
 
@@ -153,6 +155,25 @@ class GigatokenTokenizer(TextTokenizer):
         offsets = np.asarray(layout.offsets.data)
         content = np.asarray(layout.content.data)
         return content[offsets[0] : offsets[-1]], np.diff(offsets)
+
+    def encode_arrow(self, column) -> tuple[np.ndarray, np.ndarray]:
+        """Like :meth:`encode_batch` for a pyarrow string array, without Python strings."""
+        import awkward as ak
+
+        buffers = column.buffers()
+        offsets = np.frombuffer(
+            buffers[1], dtype=np.int32, count=len(column) + 1, offset=column.offset * 4
+        )
+        data = np.frombuffer(buffers[2], dtype=np.uint8) if buffers[2] else np.zeros(0, np.uint8)
+        layout = ak.contents.ListOffsetArray(
+            ak.index.Index64(offsets.astype(np.int64)),
+            ak.contents.NumpyArray(data, parameters={"__array__": "char"}),
+            parameters={"__array__": "string"},
+        )
+        out = self._tok.encode_batch(ak.Array(layout), parallel=self.parallel).layout
+        out_offsets = np.asarray(out.offsets.data)
+        content = np.asarray(out.content.data)
+        return content[out_offsets[0] : out_offsets[-1]], np.diff(out_offsets)
 
     def decode(self, ids: list[int] | np.ndarray) -> str:
         return self.reference.decode(ids)

@@ -75,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from megatron_lang.data.preprocess import PreprocessConfig, PreprocessError, preprocess
     from megatron_lang.data.readers import InputError
+    from megatron_lang.platform.logging import setup_logging
+
+    setup_logging()
 
     config = PreprocessConfig(
         inputs=args.input,

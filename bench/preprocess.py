@@ -1,0 +1,212 @@
+"""Benchmark: preprocessing speed and memory against raw tokenizer speed on the same text.
+
+Builds a corpus of at least ``--mb`` MB (default 100) by repeating the GIMP manual pages
+(Danish, Nynorsk, English; Debian ``gimp-help-*``) in a shuffled order per repetition,
+written to a temporary folder (never to the repository).  Then measures, on that text:
+
+* raw encode speed of HF ``tokenizers`` one document at a time on one thread (what
+  Megatron-LM's ``tools/preprocess_data.py`` does per worker) and batched,
+* raw gigatoken encode speed (one thread and all threads) on documents already in memory,
+  and gigatoken's own ``encode_files`` on the JSONL (its Rust JSON reader, no error checks),
+* our pipeline (``tools/preprocess/preprocess_data.py``) end to end at 1 and 2 workers:
+  tokens/s, MB/s and peak RSS (main process and largest worker), from its summary JSON.
+
+The gigatoken comparison uses a byte-level BPE (32k) trained here with HF ``tokenizers``
+on the manual text, which gigatoken accepts.  With ``--smollm2 DIR`` the real SmolLM2
+tokenizer (which gigatoken refuses: HF fallback) is also run on a ``--hf-mb`` slice.
+
+Usage::
+
+    PYTHONPATH=. .venv/bin/python bench/preprocess.py [--mb 100] [--smollm2 DIR] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def build_corpus(folder: Path, mb: int, seed: int = 0) -> tuple[Path, list[str]]:
+    """A JSONL of at least ``mb`` MB from shuffled repetitions of the GIMP manual pages."""
+    from megatron_lang.data.html_corpus import build_html_corpus
+
+    base = folder / "gimp.jsonl"
+    build_html_corpus(base, ["da", "nn", "en"])
+    lines = base.read_bytes().splitlines(keepends=True)
+    rng = random.Random(seed)
+    out = folder / f"corpus_{mb}mb.jsonl"
+    size = 0
+    with open(out, "wb") as f:
+        while size < mb * 1_000_000:
+            rng.shuffle(lines)
+            for line in lines:
+                f.write(line)
+                size += len(line)
+    texts = [json.loads(line)["text"] for line in lines]
+    return out, texts
+
+
+def train_bpe(texts: list[str], path: Path, vocab_size: int = 32000) -> Path:
+    """Byte-level BPE tokenizer.json trained on ``texts`` (gigatoken accepts this kind)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer)
+    tok.save(str(path))
+    return path
+
+
+def read_texts(corpus: Path, max_bytes: int) -> tuple[list[str], int]:
+    """The first documents of the corpus up to ``max_bytes`` of JSONL."""
+    texts, size = [], 0
+    with open(corpus, "rb") as f:
+        for line in f:
+            texts.append(json.loads(line)["text"])
+            size += len(line)
+            if size >= max_bytes:
+                break
+    return texts, size
+
+
+def timed(fn) -> tuple[float, object]:
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
+
+
+def raw_hf(tokenizer_json: Path, texts: list[str], nbytes: int) -> list[dict]:
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tokenizer_json))
+    dt, ids = timed(lambda: [tok.encode(t, add_special_tokens=False).ids for t in texts])
+    n = sum(map(len, ids))
+    rows = [row("raw HF tokenizers, per document, 1 thread", n, nbytes, dt)]
+    dt, enc = timed(lambda: tok.encode_batch_fast(texts, add_special_tokens=False))
+    rows.append(row("raw HF tokenizers encode_batch (its threads)", n, nbytes, dt))
+    return rows
+
+
+def raw_gigatoken(tokenizer_json: Path, corpus: Path, texts: list[str], nbytes: int) -> list[dict]:
+    import gigatoken
+
+    tok = gigatoken.Tokenizer(str(tokenizer_json))
+    tok.encode_batch(texts[:2000], parallel=False)  # warm the pretoken cache like a long run
+    rows = []
+    for parallel, label in ((False, "1 thread"), (True, "all threads")):
+        dt, out = timed(lambda p=parallel: tok.encode_batch(texts, parallel=p))
+        rows.append(
+            row(f"raw gigatoken encode_batch, {label}", len(out.layout.content), nbytes, dt)
+        )
+    source = gigatoken.JsonlFileSource([str(corpus)], field="text")
+    size = corpus.stat().st_size
+    for parallel, label in ((False, "1 thread"), (True, "all threads")):
+        dt, out = timed(lambda p=parallel: tok.encode_files(source, parallel=p))
+        rows.append(
+            row(f"raw gigatoken encode_files(JSONL), {label}", len(out.layout.content), size, dt)
+        )
+    return rows
+
+
+def ours(corpus: Path, tokenizer: str, workers: int, out: Path, label: str) -> dict:
+    cmd = [sys.executable, str(REPO / "tools/preprocess/preprocess_data.py")]
+    cmd += ["--input", str(corpus), "--output-prefix", str(out), "--tokenizer", tokenizer]
+    cmd += ["--workers", str(workers), "--append-eod", "--no-progress"]
+    env = {"PYTHONPATH": str(REPO), "MEGATRON_LANG_LOG_LEVEL": "WARNING", "PATH": "/usr/bin:/bin"}
+    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+    s = json.loads(Path(f"{out}_summary.json").read_text())
+    r = row(
+        f"ours, {label}, {workers} worker(s) [{s['backend']}]",
+        s["tokens"],
+        s["input_bytes"],
+        s["seconds"],
+    )
+    r["rss_mb"] = f"{s['peak_rss_mb']['main']:.0f} / {s['peak_rss_mb']['largest_worker']:.0f}"
+    return r
+
+
+def row(name: str, tokens: int, nbytes: int, seconds: float) -> dict:
+    return {
+        "name": name,
+        "tokens": tokens,
+        "mtok_s": tokens / seconds / 1e6,
+        "mb_s": nbytes / seconds / 1e6,
+        "seconds": seconds,
+        "rss_mb": "",
+    }
+
+
+def print_table(rows: list[dict]) -> None:
+    print(
+        f"{'measurement':<62} {'tokens':>11} {'Mtok/s':>8} {'MB/s':>8} {'s':>7}  peak RSS MB main/worker"
+    )
+    for r in rows:
+        print(
+            f"{r['name']:<62} {r['tokens']:>11} {r['mtok_s']:>8.2f} {r['mb_s']:>8.1f} "
+            f"{r['seconds']:>7.1f}  {r['rss_mb']}"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--mb", type=int, default=100, help="corpus size in MB (default 100)")
+    p.add_argument("--raw-mb", type=int, default=20, help="MB of text for the raw HF measurements")
+    p.add_argument("--smollm2", help="SmolLM2 tokenizer dir (HF fallback run on --hf-mb MB)")
+    p.add_argument("--hf-mb", type=int, default=20, help="corpus MB for the HF-backend runs")
+    p.add_argument("--keep", help="work folder to keep (default: a temporary one, removed)")
+    args = p.parse_args(argv)
+
+    work = Path(args.keep or tempfile.mkdtemp(prefix="bench-preprocess-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        corpus, base_texts = build_corpus(work, args.mb)
+        bpe = train_bpe(base_texts, work / "bpe32k.json")
+        texts, nbytes = read_texts(corpus, args.mb * 1_000_000 * 2)
+        small, small_bytes = read_texts(corpus, args.raw_mb * 1_000_000)
+        print(f"corpus {corpus.stat().st_size / 1e6:.1f} MB, {len(texts)} documents; {work}")
+        rows = raw_hf(bpe, small, small_bytes)
+        rows += raw_gigatoken(bpe, corpus, texts, nbytes)
+        del texts
+        for workers in (1, 2):
+            rows.append(ours(corpus, str(bpe), workers, work / f"bpe_w{workers}", "BPE-32k"))
+        if args.smollm2:
+            hf_corpus = work / f"corpus_{args.hf_mb}mb.jsonl"
+            hf_texts, hf_bytes = read_texts(corpus, args.hf_mb * 1_000_000)
+            with open(corpus, "rb") as src, open(hf_corpus, "wb") as dst:
+                dst.write(src.read(hf_bytes))
+            rows += raw_hf(
+                Path(args.smollm2) / "tokenizer.json", hf_texts[: len(small)], small_bytes
+            )
+            for workers in (1, 2):
+                rows.append(
+                    ours(hf_corpus, args.smollm2, workers, work / f"smol_w{workers}", "SmolLM2")
+                )
+        print_table(rows)
+        (work / "results.json").write_text(json.dumps(rows, indent=1))
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
