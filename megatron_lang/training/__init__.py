@@ -1,0 +1,1 @@
+"""Training: trainer loop, optimizer/scheduler, stages, LoRA, evaluation, throughput metrics."""
