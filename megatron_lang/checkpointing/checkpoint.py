@@ -1,0 +1,247 @@
+"""Training checkpoints: megatron-core ``dist_checkpointing`` + an atomic ``latest`` pointer.
+
+Layout of ``CHECKPOINT_DIR``::
+
+    iter_0000100/            one complete checkpoint (torch_dist, reshardable)
+      megatron_lang.json     model metadata (architecture, padded vocab) + tokenizer/
+      job.yaml               the resolved job configuration
+      train_state.json       step, consumed samples, skipped steps, parallel layout
+      rng/rank{r}.pt         per-rank RNG states (restored when the layout is unchanged)
+    iter_0000200.tmp/        a save in progress (or one that crashed: ignored, removed on start)
+    latest                   name of the newest complete checkpoint
+
+A save writes into ``iter_N.tmp``, and only after every rank has finished does
+rank 0 rename it to ``iter_N`` and then replace ``latest`` (write-then-rename), so
+a crash at any point leaves ``latest`` naming the previous complete checkpoint.
+Model and optimizer state use megatron-core's fully reshardable formats, so a
+checkpoint resumes at a different TP/PP/DP; RNG states are only restored when
+the layout is the same (they are per rank).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from megatron_lang.platform.logging import get_logger
+
+log = get_logger(__name__)
+
+LATEST = "latest"
+TRAIN_STATE = "train_state.json"
+OPTIMIZER_SHARDING = {"distrib_optim_sharding_type": "fully_sharded_model_space"}
+
+
+def iter_name(step: int) -> str:
+    """Folder name of the checkpoint after ``step`` steps."""
+    return f"iter_{step:07d}"
+
+
+@dataclass
+class TrainState:
+    """Where the run stands; saved with every checkpoint."""
+
+    step: int = 0
+    """Optimizer steps taken (including skipped ones)."""
+    consumed_samples: int = 0
+    """Training samples consumed: the data position to resume from."""
+    skipped_steps: int = 0
+    """Steps skipped for a NaN/Inf loss so far."""
+    layout: dict[str, Any] = field(default_factory=dict)
+    """Parallel layout and world size that wrote the checkpoint."""
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def latest_checkpoint(root: str | os.PathLike) -> Path | None:
+    """The checkpoint ``root/latest`` names, or None when there is none.
+
+    Raises:
+        FileNotFoundError: ``latest`` names a folder that does not exist.
+    """
+    pointer = Path(root) / LATEST
+    if not pointer.is_file():
+        return None
+    path = Path(root) / pointer.read_text().strip()
+    if not (path / TRAIN_STATE).is_file():
+        raise FileNotFoundError(f"{pointer} names {path.name}, which is not a complete checkpoint")
+    return path
+
+
+def remove_incomplete(root: str | os.PathLike) -> list[str]:
+    """Delete ``*.tmp`` folders left by interrupted saves (rank 0 only); return their names."""
+    removed = []
+    if _rank() == 0 and Path(root).is_dir():
+        for p in Path(root).glob("iter_*.tmp"):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p.name)
+    _barrier()
+    return removed
+
+
+def _model_sharded(model_chunks: list) -> dict[str, Any]:
+    if len(model_chunks) == 1:
+        return {"model": model_chunks[0].sharded_state_dict()}
+    sd = {}
+    for i, chunk in enumerate(model_chunks):
+        sd[f"model{i}"] = chunk.sharded_state_dict()
+    return sd
+
+
+def _unwrap(chunk):
+    return getattr(chunk, "module", chunk)
+
+
+def _rng_state() -> dict[str, Any]:
+    from megatron.core.tensor_parallel import get_cuda_rng_tracker
+
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "tracker": get_cuda_rng_tracker().get_states(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    from megatron.core.tensor_parallel import get_cuda_rng_tracker
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    get_cuda_rng_tracker().set_states(state["tracker"])
+
+
+def save_checkpoint(
+    root: str | os.PathLike,
+    state: TrainState,
+    model_chunks: list,
+    optimizer,
+    scheduler,
+    write_metadata,
+    keep_last: int | None = None,
+) -> Path:
+    """Save a complete checkpoint of the run at ``state.step`` (call on every rank).
+
+    Args:
+        root: checkpoint directory.
+        state: step, data position, skipped steps, layout.
+        model_chunks: the (DDP-wrapped) model chunks of this rank.
+        optimizer: the megatron-core optimizer.
+        scheduler: megatron-core's ``OptimizerParamScheduler``.
+        write_metadata: ``f(tmp_dir)`` run on rank 0 to write metadata/config files.
+        keep_last: delete older checkpoints beyond this many.
+
+    Returns:
+        The final checkpoint folder.
+    """
+    from megatron.core import dist_checkpointing
+
+    root = Path(root)
+    final = root / iter_name(state.step)
+    tmp = root / (final.name + ".tmp")
+    if _rank() == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        (tmp / "rng").mkdir()
+    _barrier()
+    sharded = _model_sharded([_unwrap(c) for c in model_chunks])
+    sharded["optimizer"] = optimizer.sharded_state_dict(sharded, metadata=OPTIMIZER_SHARDING)
+    sharded["scheduler"] = scheduler.state_dict()
+    sharded["step"] = state.step
+    dist_checkpointing.save(sharded, str(tmp))
+    torch.save(_rng_state(), tmp / "rng" / f"rank{_rank()}.pt")
+    _barrier()
+    if _rank() == 0:
+        write_metadata(tmp)
+        (tmp / TRAIN_STATE).write_text(json.dumps(state.__dict__, indent=2))
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+        pointer_tmp = root / (LATEST + ".tmp")
+        pointer_tmp.write_text(final.name + "\n")
+        os.replace(pointer_tmp, root / LATEST)
+        if keep_last:
+            done = sorted(p for p in root.glob("iter_*") if p.is_dir() and p.suffix != ".tmp")
+            for old in done[:-keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
+        log.info("saved checkpoint %s", final)
+    _barrier()
+    return final
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    model_chunks: list,
+    optimizer,
+    scheduler,
+    current_layout: dict[str, Any],
+) -> TrainState:
+    """Resume model, optimizer, scheduler (and RNG when the layout matches) from ``path``."""
+    from megatron.core import dist_checkpointing
+
+    path = Path(path)
+    state = TrainState(**json.loads((path / TRAIN_STATE).read_text()))
+    chunks = [_unwrap(c) for c in model_chunks]
+    sharded = _model_sharded(chunks)
+    sharded["optimizer"] = optimizer.sharded_state_dict(
+        sharded, is_loading=True, metadata=OPTIMIZER_SHARDING
+    )
+    sharded["scheduler"] = scheduler.state_dict()
+    sharded["step"] = 0
+    loaded = dist_checkpointing.load(sharded, str(path))
+    if len(chunks) == 1:
+        chunks[0].load_state_dict(loaded["model"])
+    else:
+        for i, chunk in enumerate(chunks):
+            chunk.load_state_dict(loaded[f"model{i}"])
+    optimizer.load_state_dict(loaded["optimizer"])
+    scheduler.load_state_dict(loaded["scheduler"])
+    rng_file = path / "rng" / f"rank{_rank()}.pt"
+    if state.layout == current_layout and rng_file.is_file():
+        _set_rng_state(torch.load(rng_file, weights_only=False))
+    else:
+        log.warning(
+            "resuming %s with a different layout (%s -> %s): RNG states start fresh",
+            path.name, state.layout, current_layout,
+        )
+    log.info("resumed from %s at step %d", path, state.step)
+    return state
+
+
+def load_model_weights(path: str | os.PathLike, model_chunks: list) -> None:
+    """Load only the model weights of a checkpoint (e.g. a converted HF model)."""
+    from megatron.core import dist_checkpointing
+
+    chunks = [_unwrap(c) for c in model_chunks]
+    sharded = _model_sharded(chunks)
+    loaded = dist_checkpointing.load(sharded, str(path))
+    if len(chunks) == 1:
+        chunks[0].load_state_dict(loaded["model"])
+    else:
+        for i, chunk in enumerate(chunks):
+            chunk.load_state_dict(loaded[f"model{i}"])
+    log.info("loaded model weights from %s", path)

@@ -1,0 +1,170 @@
+"""The training job's configuration: dataclasses with a docstring under each field.
+
+A job is a YAML file plus ``a.b.c=value`` overrides (see :mod:`megatron_lang.config.loader`).
+The resolved configuration is saved with every checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from megatron_lang.platform.parallel import ParallelLayout
+
+
+@dataclass
+class ModelConfig:
+    """Which model, in which precision, with which kernels."""
+
+    preset: str | None = "tiny-llama"
+    """Named shape from :mod:`megatron_lang.config.presets` (ignored when ``checkpoint`` is set)."""
+    checkpoint: str | None = None
+    """Converted HF checkpoint (``hf_to_megatron`` output) to start from: weights only, fresh optimizer."""
+    arch: dict[str, Any] = field(default_factory=dict)
+    """Overrides of :class:`~megatron_lang.models.arch.LlamaArch` fields (e.g. ``num_layers``)."""
+    dtype: str = "bf16"
+    """Parameter/compute dtype: ``bf16`` or ``fp32`` (gradients are reduced in fp32)."""
+    fp8: str | None = None
+    """FP8 format on GPUs with TransformerEngine: ``hybrid`` or ``e4m3``; None = off."""
+    fp8_recipe: str = "delayed"
+    """FP8 scaling recipe: ``delayed`` (amax history) or ``tensorwise`` (current scaling)."""
+    fp8_amax_history_len: int = 1024
+    """Length of the amax history window for delayed scaling."""
+    fp8_amax_compute_algo: str = "max"
+    """How the scale is derived from the amax history: ``max`` or ``most_recent``."""
+    recompute: str | None = None
+    """Activation recomputation: None, ``selective`` (attention core) or ``full``."""
+    recompute_num_layers: int = 1
+    """Layers per recomputed block with ``full`` recomputation (uniform method)."""
+    make_vocab_size_divisible_by: int = 128
+    """Vocabulary padding divisor (times TP) for models built from a preset."""
+    transformer_engine: bool | None = None
+    """Force the TransformerEngine layer spec on (True) or off (False); None = auto (CUDA + TE)."""
+
+
+@dataclass
+class DataConfig:
+    """Where the tokens come from and how they are batched."""
+
+    blend: str | None = None
+    """Blend spec (YAML, see docs/blends.md) of Megatron indexed datasets."""
+    tokenizer: str | None = None
+    """Tokenizer directory / file; default: the one saved in ``model.checkpoint``."""
+    seq_length: int = 2048
+    """Tokens per sample."""
+    micro_batch_size: int = 1
+    """Samples per micro-batch per data-parallel rank."""
+    global_batch_size: int = 8
+    """Samples per optimizer step over all data-parallel ranks (gradient accumulation fills the rest)."""
+    document_attention: bool = False
+    """No attention across documents packed into one sample; position ids restart per document."""
+    eod_mask_loss: bool = False
+    """Do not train on predicting the token after an EOD."""
+    cache_dir: str | None = None
+    """Where megatron-core caches dataset index files (None: in memory)."""
+    valid_samples: int | None = None
+    """Samples per validation set (None: one pass)."""
+
+
+@dataclass
+class OptimizerConfig:
+    """Adam(W), clipping, learning-rate schedule, gradient communication."""
+
+    lr: float = 3e-4
+    """Peak learning rate."""
+    min_lr: float = 3e-5
+    """Final learning rate of the decay."""
+    weight_decay: float = 0.1
+    """Decoupled weight decay (not applied to norms)."""
+    adam_beta1: float = 0.9
+    """Adam beta1."""
+    adam_beta2: float = 0.95
+    """Adam beta2."""
+    adam_eps: float = 1e-8
+    """Adam epsilon."""
+    clip_grad: float = 1.0
+    """Global gradient-norm clip (0 = off)."""
+    schedule: str = "cosine"
+    """``cosine``, ``linear``, ``constant`` or ``wsd`` (warmup-stable-decay)."""
+    warmup_steps: int = 0
+    """Linear warm-up steps from 0 to ``lr``."""
+    decay_steps: int | None = None
+    """Steps over which the LR decays (None: the whole run)."""
+    wsd_decay_steps: int | None = None
+    """Length of the final decay phase of ``wsd`` (None: 10% of the run)."""
+    wsd_decay_style: str = "cosine"
+    """Shape of the ``wsd`` decay phase: ``cosine``, ``linear``, ``exponential``, ``minus_sqrt``."""
+    use_distributed_optimizer: bool = True
+    """Shard optimizer state over data-parallel ranks (ZeRO-1)."""
+    overlap_grad_reduce: bool = False
+    """Overlap the gradient reduce-scatter with the backward pass (GPUs)."""
+    overlap_param_gather: bool = False
+    """Overlap the parameter all-gather with the next forward pass (GPUs; needs the distributed optimizer)."""
+
+
+@dataclass
+class TrainConfig:
+    """Length of the run, seeding, evaluation and failure policy."""
+
+    steps: int = 100
+    """Optimizer steps in the run."""
+    seed: int = 1234
+    """Seed of weights, dropout and data order."""
+    log_interval: int = 1
+    """Console line every N steps."""
+    eval_interval: int | None = None
+    """Validation every N steps (None: only at the end when validation sets exist)."""
+    eval_steps: int = 10
+    """Global batches per validation set and evaluation."""
+    max_skipped_steps: int = 10
+    """Stop the run after this many steps skipped for a NaN/Inf loss."""
+
+
+@dataclass
+class CheckpointConfig:
+    """Saving, resuming and stopping on signals."""
+
+    dir: str | None = None
+    """Where checkpoints are written (``iter_XXXXXXX`` folders and a ``latest`` pointer)."""
+    save_interval: int | None = None
+    """Save every N steps (None: only at the end and on a signal)."""
+    resume: bool = True
+    """Continue from ``dir``'s ``latest`` checkpoint when there is one."""
+    async_save: bool = False
+    """Write checkpoints in the background (megatron-core async save)."""
+    exit_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])
+    """Signals that trigger save-and-exit (SLURM preemption sends SIGTERM / --signal=USR1)."""
+    keep_last: int | None = None
+    """Delete older checkpoints, keeping this many (None: keep all)."""
+
+
+@dataclass
+class LoggingConfig:
+    """Console and TensorBoard."""
+
+    tensorboard_dir: str | None = None
+    """TensorBoard event files (None: no TensorBoard)."""
+    metrics_file: str | None = None
+    """Append one JSON line of metrics per step (and per evaluation) here (None: off)."""
+    level: str = "INFO"
+    """Console log level."""
+
+
+@dataclass
+class JobConfig:
+    """A whole training job."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The model."""
+    parallel: ParallelLayout = field(default_factory=ParallelLayout)
+    """TP x PP (x VPP) x CP; DP is derived from the world size."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Data and batching."""
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    """Optimizer and schedule."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Run length and policies."""
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    """Checkpointing."""
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    """Logging."""

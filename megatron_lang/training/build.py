@@ -1,0 +1,243 @@
+"""Everything the loop needs, built from a :class:`~megatron_lang.config.JobConfig`.
+
+Model chunks (one per virtual pipeline stage), DDP wrapping, the megatron-core
+optimizer and LR scheduler — plus the start-up checks that reject options this
+machine cannot run, with a message naming the option.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from megatron_lang.config import JobConfig, get_preset
+from megatron_lang.models.arch import LlamaArch, padded_vocab_size, to_transformer_config
+from megatron_lang.models.gpt import build_gpt_model, transformer_engine_available
+from megatron_lang.platform.logging import get_logger
+
+log = get_logger(__name__)
+
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+class StartupError(ValueError):
+    """A configuration that cannot run on this machine or with this model."""
+
+
+@dataclass
+class ModelSource:
+    """The architecture to build and where its weights come from."""
+
+    arch: LlamaArch
+    """Model shape."""
+    padded_vocab: int
+    """Embedding rows (the checkpoint's, or padded from the tokenizer's size)."""
+    checkpoint: str | None
+    """Converted checkpoint to load weights from (None: random init)."""
+    hf_config: dict[str, Any]
+    """Original HF config (from the checkpoint), carried into saved checkpoints."""
+    tokenizer_dir: str | None
+    """Tokenizer files to copy into saved checkpoints."""
+
+
+def resolve_model(cfg: JobConfig) -> ModelSource:
+    """Architecture from the converted checkpoint's metadata, else from the preset."""
+    from megatron_lang.checkpointing.metadata import load_metadata, tokenizer_path
+
+    m = cfg.model
+    if m.checkpoint:
+        meta = load_metadata(m.checkpoint)
+        arch = meta.arch
+        if m.arch:
+            unknown = set(m.arch) - set(LlamaArch.__dataclass_fields__)
+            if unknown:
+                raise StartupError(f"unknown model.arch keys {sorted(unknown)}")
+            for k, v in m.arch.items():
+                if getattr(arch, k) != v:
+                    raise StartupError(
+                        f"model.arch.{k}={v!r} conflicts with checkpoint {m.checkpoint} "
+                        f"({k}={getattr(arch, k)!r}); a checkpoint's shape cannot be changed"
+                    )
+        tok = tokenizer_path(m.checkpoint)
+        return ModelSource(
+            arch, meta.padded_vocab_size, m.checkpoint, meta.hf_config,
+            cfg.data.tokenizer or (str(tok) if tok else None),
+        )
+    if not m.preset:
+        raise StartupError("set model.checkpoint (a converted model) or model.preset")
+    try:
+        arch = get_preset(m.preset, **m.arch)
+    except KeyError as e:
+        raise StartupError(str(e.args[0])) from None
+    padded = padded_vocab_size(
+        arch.vocab_size, m.make_vocab_size_divisible_by, cfg.parallel.tensor_parallel
+    )
+    return ModelSource(arch, padded, None, {}, cfg.data.tokenizer)
+
+
+def check_startup(cfg: JobConfig, arch: LlamaArch, world_size: int) -> dict[str, int]:
+    """Validate layout, batch arithmetic and hardware-dependent options.
+
+    Returns:
+        ``{"dp": ..., "grad_accum": ...}``.
+
+    Raises:
+        StartupError / ParallelConfigError: naming the values and the rule.
+    """
+    from megatron_lang.platform.parallel import validate_layout
+
+    p, d, m = cfg.parallel, cfg.data, cfg.model
+    validate_layout(
+        p, world_size, arch.num_layers, arch.num_attention_heads, arch.num_query_groups,
+        d.seq_length,
+    )
+    dp = p.data_parallel_size(world_size)
+    if d.global_batch_size % (d.micro_batch_size * dp):
+        raise StartupError(
+            f"data.global_batch_size={d.global_batch_size} is not divisible by "
+            f"micro_batch_size x DP = {d.micro_batch_size} x {dp}"
+        )
+    if m.dtype not in DTYPES:
+        raise StartupError(f"model.dtype={m.dtype!r}: choose one of {sorted(DTYPES)}")
+    cuda, te = torch.cuda.is_available(), transformer_engine_available()
+    if m.fp8 is not None:
+        if m.fp8 not in ("hybrid", "e4m3"):
+            raise StartupError(f"model.fp8={m.fp8!r}: choose 'hybrid' or 'e4m3' (or null)")
+        if not (cuda and te):
+            raise StartupError(
+                f"model.fp8={m.fp8!r} needs a CUDA GPU with TransformerEngine "
+                f"(CUDA available: {cuda}, TransformerEngine usable: {te})"
+            )
+        if m.fp8_recipe not in ("delayed", "tensorwise"):
+            raise StartupError(f"model.fp8_recipe={m.fp8_recipe!r}: 'delayed' or 'tensorwise'")
+    if m.transformer_engine and not te:
+        raise StartupError("model.transformer_engine=true but TransformerEngine/CUDA is not usable")
+    if p.context_parallel > 1 and not te:
+        raise StartupError(
+            f"parallel.context_parallel={p.context_parallel} needs TransformerEngine attention "
+            "on GPUs; megatron-core's local attention has no context parallelism"
+        )
+    opt = cfg.optimizer
+    if (opt.overlap_grad_reduce or opt.overlap_param_gather) and not cuda:
+        raise StartupError("optimizer.overlap_grad_reduce/overlap_param_gather need CUDA streams")
+    if opt.overlap_param_gather and not opt.use_distributed_optimizer:
+        raise StartupError("optimizer.overlap_param_gather needs use_distributed_optimizer=true")
+    if opt.schedule not in ("cosine", "linear", "constant", "wsd"):
+        raise StartupError(f"optimizer.schedule={opt.schedule!r}: cosine, linear, constant or wsd")
+    if m.recompute not in (None, "selective", "full"):
+        raise StartupError(f"model.recompute={m.recompute!r}: null, 'selective' or 'full'")
+    if d.document_attention and (te if m.transformer_engine is None else m.transformer_engine):
+        raise StartupError(
+            "data.document_attention uses an explicit attention mask, which the "
+            "TransformerEngine spec does not take; set model.transformer_engine=false"
+        )
+    return {"dp": dp, "grad_accum": d.global_batch_size // (d.micro_batch_size * dp)}
+
+
+def transformer_config(cfg: JobConfig, arch: LlamaArch):
+    """megatron-core TransformerConfig for this job."""
+    m, p = cfg.model, cfg.parallel
+    overrides: dict[str, Any] = dict(
+        tensor_model_parallel_size=p.tensor_parallel,
+        pipeline_model_parallel_size=p.pipeline_parallel,
+        virtual_pipeline_model_parallel_size=p.virtual_pipeline_parallel,
+        context_parallel_size=p.context_parallel,
+        sequence_parallel=p.sequence_parallel,
+        calculate_per_token_loss=True,
+    )
+    if m.recompute == "full":
+        overrides.update(
+            recompute_granularity="full", recompute_method="uniform",
+            recompute_num_layers=m.recompute_num_layers,
+        )
+    elif m.recompute == "selective":
+        overrides.update(recompute_granularity="selective")
+    if m.fp8:
+        overrides.update(
+            fp8=m.fp8, fp8_recipe=m.fp8_recipe, fp8_amax_history_len=m.fp8_amax_history_len,
+            fp8_amax_compute_algo=m.fp8_amax_compute_algo,
+        )
+    return to_transformer_config(arch, DTYPES[m.dtype], **overrides)
+
+
+def build_model_chunks(cfg: JobConfig, src: ModelSource, config) -> list:
+    """This rank's model chunks (several with virtual pipeline stages)."""
+    vpp = cfg.parallel.virtual_pipeline_parallel or 1
+    chunks = []
+    for i in range(vpp):
+        model = build_gpt_model(
+            src.arch, config, vp_stage=i if vpp > 1 else None,
+            use_te=cfg.model.transformer_engine, padded_vocab=src.padded_vocab,
+        )
+        if torch.cuda.is_available():
+            model.cuda(torch.cuda.current_device())
+        chunks.append(model)
+    return chunks
+
+
+def wrap_ddp(cfg: JobConfig, config, chunks: list) -> list:
+    """megatron-core DDP around each chunk (fp32 grad reduction, bucketed)."""
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+
+    opt = cfg.optimizer
+    ddp_config = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True,
+        overlap_grad_reduce=opt.overlap_grad_reduce,
+        overlap_param_gather=opt.overlap_param_gather,
+        use_distributed_optimizer=opt.use_distributed_optimizer,
+        check_for_nan_in_grad=False,
+    )
+    return [
+        DistributedDataParallel(config, ddp_config, chunk, disable_bucketing=i > 0)
+        for i, chunk in enumerate(chunks)
+    ]
+
+
+def build_optimizer(cfg: JobConfig, ddp_chunks: list):
+    """megatron-core Adam (distributed when configured), norms without weight decay."""
+    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+    opt, dtype = cfg.optimizer, cfg.model.dtype
+    return get_megatron_optimizer(
+        OptimizerConfig(
+            optimizer="adam",
+            lr=opt.lr,
+            min_lr=opt.min_lr,
+            weight_decay=opt.weight_decay,
+            adam_beta1=opt.adam_beta1,
+            adam_beta2=opt.adam_beta2,
+            adam_eps=opt.adam_eps,
+            clip_grad=opt.clip_grad,
+            bf16=dtype == "bf16",
+            params_dtype=DTYPES[dtype],
+            use_distributed_optimizer=opt.use_distributed_optimizer,
+        ),
+        ddp_chunks,
+    )
+
+
+def build_scheduler(cfg: JobConfig, optimizer):
+    """megatron-core OptimizerParamScheduler: warm-up then cosine/linear/constant/WSD."""
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+    opt, steps = cfg.optimizer, cfg.train.steps
+    decay = opt.decay_steps or steps
+    style = {"wsd": "WSD"}.get(opt.schedule, opt.schedule)
+    wsd_steps = opt.wsd_decay_steps or max(1, steps // 10)
+    return OptimizerParamScheduler(
+        optimizer,
+        init_lr=0.0,
+        max_lr=opt.lr,
+        min_lr=opt.min_lr if opt.schedule != "constant" else opt.lr,
+        lr_warmup_steps=opt.warmup_steps,
+        lr_decay_steps=max(decay, opt.warmup_steps + 1),
+        lr_decay_style=style,
+        start_wd=opt.weight_decay,
+        end_wd=opt.weight_decay,
+        wd_incr_steps=max(1, steps),
+        wd_incr_style="constant",
+        wsd_decay_steps=wsd_steps if opt.schedule == "wsd" else None,
+        lr_wsd_decay_style=opt.wsd_decay_style if opt.schedule == "wsd" else None,
+    )

@@ -1,0 +1,115 @@
+"""Training data: the blend spec -> megatron-core datasets -> this rank's micro-batches.
+
+Sample order is fixed by the seed; step ``s`` of the run uses global samples
+``[s*G, (s+1)*G)``. Within a step, micro-batch ``m`` of data-parallel rank ``r``
+holds samples ``s*G + m*B*DP + r*B + [0, B)`` (``G`` global batch, ``B`` micro
+batch), as Megatron-LM's pretraining sampler does. Resuming therefore only
+needs the number of consumed samples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from megatron_lang.config import JobConfig
+from megatron_lang.platform.logging import get_logger
+
+log = get_logger(__name__)
+
+
+@dataclass
+class TrainData:
+    """Datasets of a run."""
+
+    train: Any
+    """Capped blended training dataset (items carry ``dataset_id``)."""
+    valid: dict[str, Any]
+    """Validation dataset per source, keyed ``language/name``."""
+    source_names: list[str]
+    """Blend source names, indexed by ``dataset_id``."""
+    eod_id: int
+    """End-of-document token id."""
+
+
+def tokenizer_ids(tokenizer_dir: str | None) -> tuple[int, int]:
+    """``(eod_id, vocab_size)`` of the tokenizer in ``tokenizer_dir``."""
+    from megatron_lang.data.tokenizer import load_tokenizer
+
+    if tokenizer_dir is None:
+        raise ValueError(
+            "no tokenizer: set data.tokenizer, or start from a checkpoint that contains one"
+        )
+    path = Path(tokenizer_dir)
+    if path.is_dir() and not (path / "tokenizer.json").is_file():
+        models = sorted(path.glob("*.model"))
+        if models:
+            path = models[0]
+    backend = "sentencepiece" if path.suffix == ".model" else "hf"
+    tok, _, _ = load_tokenizer(path, backend=backend)
+    if tok.eod_id is None:
+        raise ValueError(f"tokenizer {tokenizer_dir} has no end-of-document token")
+    return tok.eod_id, tok.vocab_size
+
+
+def build_train_data(cfg: JobConfig, tokenizer_dir: str | None, dp_rank: int) -> TrainData:
+    """Datasets for the blend in ``cfg.data.blend`` sized for the whole run."""
+    from megatron_lang.data.blend import BlendSpec
+    from megatron_lang.data.gpt_dataset import TokenIds, build_blend_datasets
+
+    d = cfg.data
+    if not d.blend:
+        raise ValueError("data.blend is not set: give a blend spec YAML (see docs/blends.md)")
+    spec = BlendSpec.from_yaml(d.blend)
+    eod, vocab = tokenizer_ids(tokenizer_dir)
+    doc = d.document_attention
+    built = build_blend_datasets(
+        spec,
+        seq_length=d.seq_length,
+        train_samples=cfg.train.steps * d.global_batch_size,
+        tokenizer=TokenIds(eod=eod, vocab_size=vocab),
+        seed=cfg.train.seed,
+        valid_samples=d.valid_samples,
+        path_to_cache=d.cache_dir,
+        reset_position_ids=doc,
+        reset_attention_mask=doc,
+        create_attention_mask=doc,
+        eod_mask_loss=d.eod_mask_loss,
+    )
+    return TrainData(built.train, built.valid, [s.name for s in spec.sources], eod)
+
+
+def collate(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Stack dataset items into a micro-batch (``attention_mask`` becomes ``[b, 1, s, s]``)."""
+    out: dict[str, torch.Tensor] = {}
+    for key in samples[0]:
+        values = [torch.as_tensor(s[key]) for s in samples]
+        out[key] = torch.stack(values)
+    return out
+
+
+def step_microbatches(
+    dataset: Any,
+    first_sample: int,
+    global_batch: int,
+    micro_batch: int,
+    dp_rank: int,
+    dp_size: int,
+) -> list[dict[str, torch.Tensor]]:
+    """This rank's micro-batches of the global batch that starts at ``first_sample``."""
+    per_micro = micro_batch * dp_size
+    batches = []
+    for m in range(global_batch // per_micro):
+        start = first_sample + m * per_micro + dp_rank * micro_batch
+        batches.append(collate([dataset[i] for i in range(start, start + micro_batch)]))
+    return batches
+
+
+def to_device(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Move a micro-batch to the current GPU (no-op on CPU)."""
+    if not torch.cuda.is_available():
+        return batch
+    return {k: v.cuda(non_blocking=True) for k, v in batch.items()}

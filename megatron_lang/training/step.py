@@ -1,0 +1,105 @@
+"""One forward/backward pass over a global batch through megatron-core's schedules.
+
+The loss is a per-token mean over the whole global batch (all micro-batches and
+data-parallel ranks): the loss function returns the masked loss *sum* and the
+token count, megatron-core's ``finalize_model_grads`` divides the gradients by
+the global token count (``calculate_per_token_loss``), and :func:`reduce_report`
+turns the per-micro-batch sums into the global loss and per-source losses.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+import torch.distributed as dist
+
+
+def loss_func(loss_mask: torch.Tensor, dataset_id: torch.Tensor | None, n_sources: int, output):
+    """Masked per-token loss sum, token count, and a report vector for logging.
+
+    The report is ``[loss_sum, tokens, per-source loss sums..., per-source tokens...]``.
+    """
+    losses = output.float()
+    mask = loss_mask.float().view_as(losses)
+    per_sample = (losses * mask).sum(dim=1)
+    tokens_per_sample = mask.sum(dim=1)
+    loss_sum = per_sample.sum()
+    num_tokens = mask.sum().to(torch.int)
+    report = torch.zeros(2 + 2 * n_sources, device=losses.device)
+    report[0] = loss_sum.detach()
+    report[1] = tokens_per_sample.sum()
+    if dataset_id is not None and n_sources:
+        ids = dataset_id.to(losses.device).long().view(-1)
+        report[2 : 2 + n_sources].index_add_(0, ids, per_sample.detach())
+        report[2 + n_sources :].index_add_(0, ids, tokens_per_sample)
+    return loss_sum, num_tokens, {"report": report}
+
+
+def forward_step(n_sources: int, data_iterator, model):
+    """megatron-core ``forward_step_func``: GPTModel forward with per-token losses."""
+    from megatron.core import parallel_state
+    from megatron.core.utils import get_batch_on_this_cp_rank
+
+    batch = next(data_iterator)
+    if parallel_state.get_context_parallel_world_size() > 1:
+        per_sample = {k: batch[k] for k in ("dataset_id",) if k in batch}
+        batch = {k: v for k, v in batch.items() if k not in per_sample}
+        batch = {**get_batch_on_this_cp_rank(batch), **per_sample}
+    output = model(
+        batch["tokens"],
+        batch["position_ids"],
+        batch.get("attention_mask"),
+        labels=batch["labels"],
+    )
+    return output, partial(loss_func, batch["loss_mask"], batch.get("dataset_id"), n_sources)
+
+
+def run_schedule(
+    model_chunks: list,
+    microbatches: list[dict[str, torch.Tensor]],
+    seq_length: int,
+    n_sources: int,
+    forward_only: bool = False,
+) -> torch.Tensor:
+    """Forward (and backward) over ``microbatches``; return the global report vector.
+
+    The vector is summed over micro-batches and all ranks (only the last pipeline
+    stage's first tensor-parallel rank contributes, so nothing is counted twice)
+    and is identical on every rank.
+    """
+    from megatron.core import parallel_state
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    iterators = [iter(microbatches) for _ in model_chunks]
+    outputs = get_forward_backward_func()(
+        forward_step_func=partial(forward_step, n_sources),
+        data_iterator=iterators if len(model_chunks) > 1 else iterators[0],
+        model=model_chunks,
+        num_microbatches=len(microbatches),
+        seq_length=seq_length,
+        micro_batch_size=microbatches[0]["tokens"].shape[0],
+        forward_only=forward_only,
+    )
+    report = torch.zeros(2 + 2 * n_sources)
+    if torch.cuda.is_available():
+        report = report.cuda()
+    last = parallel_state.is_pipeline_last_stage(ignore_virtual=True)
+    if outputs and last and parallel_state.get_tensor_model_parallel_rank() == 0:
+        for out in outputs:
+            report += out["report"].to(report.device)
+    if dist.is_initialized():
+        dist.all_reduce(report)
+    return report.cpu()
+
+
+def summarize(report: torch.Tensor, source_names: list[str]) -> dict[str, float]:
+    """``{"loss": ..., "tokens": ..., "loss/<source>": ...}`` from a report vector."""
+    n = len(source_names)
+    tokens = float(report[1])
+    out = {"loss": float(report[0]) / tokens if tokens else float("nan"), "tokens": tokens}
+    for i, name in enumerate(source_names):
+        t = float(report[2 + n + i])
+        if t:
+            out[f"loss/{name}"] = float(report[2 + i]) / t
+    return out

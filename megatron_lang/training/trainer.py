@@ -1,0 +1,258 @@
+"""The training job: set-up, the step loop, evaluation, checkpoints, logging.
+
+The loop itself (:meth:`Trainer.train`) is short; building, checkpointing,
+evaluation and logging live in their own modules and methods.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from megatron_lang.checkpointing import checkpoint as ckpt
+from megatron_lang.config import JobConfig, dump_yaml
+from megatron_lang.platform.logging import get_logger
+from megatron_lang.training import build, data, step
+from megatron_lang.training.signals import ExitSignal
+
+log = get_logger(__name__)
+
+
+class TrainingHalted(RuntimeError):
+    """The run stopped itself (too many non-finite losses)."""
+
+
+class Trainer:
+    """Holds a job's model, optimizer, data and state; :meth:`train` runs it.
+
+    ``torch.distributed`` and the model-parallel groups must be initialised
+    (see :func:`megatron_lang.training.job.run`).
+    """
+
+    def __init__(self, cfg: JobConfig, src: build.ModelSource):
+        from megatron.core import parallel_state as ps
+
+        self.cfg, self.src = cfg, src
+        world = torch.distributed.get_world_size()
+        self.layout = {**asdict(cfg.parallel), "world_size": world}
+        self.dp_rank, self.dp_size = ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
+        self.is_logger = torch.distributed.get_rank() == 0
+        self.config = build.transformer_config(cfg, src.arch)
+        chunks = build.build_model_chunks(cfg, src, self.config)
+        self.model = build.wrap_ddp(cfg, self.config, chunks)
+        self._connect_schedule_hooks()
+        self.optimizer = build.build_optimizer(cfg, self.model)
+        self.scheduler = build.build_scheduler(cfg, self.optimizer)
+        self.state = ckpt.TrainState(layout=self.layout)
+        self._restore()
+        self.data = data.build_train_data(cfg, src.tokenizer_dir, self.dp_rank)
+        self.flops_per_step = self._flops()
+        from megatron_lang.training.metrics import MetricsWriter
+
+        self.writer = MetricsWriter(
+            cfg.logging.tensorboard_dir, enabled=self.is_logger, purge_step=self.state.step or None
+        )
+        self.history: list[dict[str, float]] = []
+        self._metrics_file = None
+        if self.is_logger and cfg.logging.metrics_file:
+            Path(cfg.logging.metrics_file).parent.mkdir(parents=True, exist_ok=True)
+            self._metrics_file = open(cfg.logging.metrics_file, "a")  # noqa: SIM115
+
+    # ----------------------------------------------------------------- set-up
+    def _connect_schedule_hooks(self) -> None:
+        from megatron.core.distributed import finalize_model_grads
+
+        self.config.finalize_model_grads_func = finalize_model_grads
+        no_sync = [m.no_sync for m in self.model]
+        self.config.no_sync_func = no_sync[0] if len(no_sync) == 1 else no_sync
+        if self.cfg.optimizer.overlap_grad_reduce:
+            sync = [m.start_grad_sync for m in self.model]
+            self.config.grad_sync_func = sync[0] if len(sync) == 1 else sync
+
+    def _restore(self) -> None:
+        c = self.cfg.checkpoint
+        latest = None
+        if c.dir:
+            ckpt.remove_incomplete(c.dir)
+            latest = ckpt.latest_checkpoint(c.dir) if c.resume else None
+        if latest is not None:
+            self.state = ckpt.load_checkpoint(
+                latest, self.model, self.optimizer, self.scheduler, self.layout
+            )
+            self.state.layout = self.layout
+        elif self.src.checkpoint:
+            ckpt.load_model_weights(self.src.checkpoint, self.model)
+
+    def _flops(self) -> float:
+        from megatron_lang.training.flops import training_flops_per_step
+
+        d = self.cfg.data
+        return training_flops_per_step(
+            self.src.arch, d.seq_length, d.global_batch_size,
+            recompute=self.cfg.model.recompute == "full", padded_vocab=self.src.padded_vocab,
+        )
+
+    # ------------------------------------------------------------------- loop
+    def train(self) -> int:
+        """Run until ``train.steps`` or an exit signal; return the process exit code (0)."""
+        cfg = self.cfg
+        signals = ExitSignal(cfg.checkpoint.exit_signals)
+        try:
+            while self.state.step < cfg.train.steps:
+                metrics = self.train_step()
+                self._after_step(metrics)
+                if signals.requested():
+                    self.save()
+                    return 0
+            self.evaluate()
+            if cfg.checkpoint.dir and not self._saved_at(self.state.step):
+                self.save()
+            return 0
+        finally:
+            signals.restore()
+            self.writer.close()
+            if self._metrics_file:
+                self._metrics_file.close()
+
+    def _record(self, values: dict[str, float]) -> None:
+        self.history.append(values)
+        if self._metrics_file:
+            self._metrics_file.write(json.dumps(values) + "\n")
+            self._metrics_file.flush()
+
+    def train_step(self) -> dict[str, float]:
+        """One optimizer step over the next global batch (skipped on a non-finite loss)."""
+        d, t0 = self.cfg.data, time.perf_counter()
+        batches = data.step_microbatches(
+            self.data.train, self.state.consumed_samples, d.global_batch_size,
+            d.micro_batch_size, self.dp_rank, self.dp_size,
+        )
+        for m in self.model:
+            m.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        report = step.run_schedule(
+            self.model, [data.to_device(b) for b in batches], d.seq_length, len(self.data.source_names)
+        )
+        metrics = step.summarize(report, self.data.source_names)
+        self.state.step += 1
+        self.state.consumed_samples += d.global_batch_size
+        if math.isfinite(metrics["loss"]):
+            ok, grad_norm, _ = self.optimizer.step()
+            if ok:
+                self.scheduler.step(1)
+            metrics["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
+        else:
+            self.state.skipped_steps += 1
+            log.warning("step %d: loss is %s, step skipped", self.state.step, metrics["loss"])
+            if self.state.skipped_steps > self.cfg.train.max_skipped_steps:
+                raise TrainingHalted(
+                    f"{self.state.skipped_steps} steps skipped for non-finite losses "
+                    f"(train.max_skipped_steps={self.cfg.train.max_skipped_steps})"
+                )
+        metrics["step_time_s"] = time.perf_counter() - t0
+        return metrics
+
+    def _after_step(self, metrics: dict[str, float]) -> None:
+        from megatron_lang.training.flops import achieved_tflops_per_gpu, mfu, peak_tflops
+        from megatron_lang.training.metrics import format_console_line, memory_stats
+
+        cfg, s = self.cfg, self.state.step
+        dt = metrics.pop("step_time_s")
+        world = self.layout["world_size"]
+        tflops = achieved_tflops_per_gpu(self.flops_per_step, dt, world)
+        peak = peak_tflops(dtype="fp8" if cfg.model.fp8 else "bf16")
+        values = {
+            **metrics,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "skipped_steps": self.state.skipped_steps,
+            "tokens_per_s": cfg.data.global_batch_size * cfg.data.seq_length / dt,
+            "tflops_per_gpu": tflops,
+            "mfu": mfu(tflops, peak),
+            "step_time_s": dt,
+            **memory_stats(),
+        }
+        values.pop("tokens", None)
+        self._record({"step": s, **values})
+        if self.is_logger:
+            self.writer.scalars(s, values, prefix="train")
+            if s % cfg.train.log_interval == 0 or s == cfg.train.steps:
+                log.info(format_console_line(s, cfg.train.steps, values))
+        if cfg.train.eval_interval and s % cfg.train.eval_interval == 0:
+            self.evaluate()
+        if cfg.checkpoint.save_interval and s % cfg.checkpoint.save_interval == 0:
+            self.save()
+
+    # --------------------------------------------------------- eval and save
+    def evaluate(self) -> dict[str, float]:
+        """Loss and perplexity on each validation set (one per source/language)."""
+        d, results = self.cfg.data, {}
+        per_step = d.global_batch_size
+        for m in self.model:
+            m.eval()
+        try:
+            for name, ds in self.data.valid.items():
+                steps = min(self.cfg.train.eval_steps, len(ds) // per_step)
+                if steps == 0:
+                    log.warning("validation set %s has fewer than %d samples: skipped", name, per_step)
+                    continue
+                total = None
+                with torch.no_grad():
+                    for i in range(steps):
+                        batches = data.step_microbatches(
+                            ds, i * per_step, per_step, d.micro_batch_size, self.dp_rank, self.dp_size
+                        )
+                        for b in batches:  # validation sets are single-source
+                            b.pop("dataset_id", None)
+                        r = step.run_schedule(
+                            self.model, [data.to_device(b) for b in batches], d.seq_length, 0,
+                            forward_only=True,
+                        )
+                        total = r if total is None else total + r
+                loss = float(total[0] / total[1])
+                results[f"{name}/loss"] = loss
+                results[f"{name}/ppl"] = math.exp(min(loss, 50.0))
+        finally:
+            for m in self.model:
+                m.train()
+        if results:
+            self._record({"step": self.state.step, **{f"valid/{k}": v for k, v in results.items()}})
+        if results and self.is_logger:
+            self.writer.scalars(self.state.step, results, prefix="valid")
+            log.info(
+                "validation at step %d: %s", self.state.step,
+                ", ".join(f"{k} {v:.4f}" for k, v in results.items()),
+            )
+        return results
+
+    def _saved_at(self, s: int) -> bool:
+        return bool(self.cfg.checkpoint.dir) and (Path(self.cfg.checkpoint.dir) / ckpt.iter_name(s)).is_dir()
+
+    def save(self) -> Path | None:
+        """Checkpoint the run now (no-op without ``checkpoint.dir``)."""
+        c = self.cfg.checkpoint
+        if not c.dir:
+            log.warning("checkpoint.dir is not set: nothing saved")
+            return None
+        return ckpt.save_checkpoint(
+            c.dir, self.state, self.model, self.optimizer, self.scheduler,
+            self._write_metadata, keep_last=c.keep_last,
+        )
+
+    def _write_metadata(self, path: Path) -> None:
+        from megatron_lang.checkpointing.metadata import CheckpointMetadata, save_metadata
+
+        meta = CheckpointMetadata(
+            arch=self.src.arch,
+            padded_vocab_size=self.src.padded_vocab,
+            dtype={"bf16": "bfloat16", "fp32": "float32"}[self.cfg.model.dtype],
+            hf_config=self.src.hf_config,
+            source=self.src.checkpoint or f"preset:{self.cfg.model.preset}",
+            extra={"step": self.state.step, "consumed_samples": self.state.consumed_samples},
+        )
+        save_metadata(path, meta, tokenizer_dir=self.src.tokenizer_dir)
+        (path / "job.yaml").write_text(dump_yaml(self.cfg))

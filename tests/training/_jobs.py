@@ -1,0 +1,35 @@
+"""Training jobs run on spawned gloo ranks (module-level, picklable)."""
+
+from __future__ import annotations
+
+from megatron_lang.config import load_job_config
+
+
+def base_overrides(blend: dict[str, str], **extra) -> list[str]:
+    """A tiny fp32 job on the test blend; ``extra`` as ``key=value`` overrides."""
+    items = {
+        "model.preset": "tiny-llama",
+        "model.dtype": "fp32",
+        "data.blend": blend["blend"],
+        "data.tokenizer": blend["tokenizer"],
+        "data.seq_length": 64,
+        "data.micro_batch_size": 2,
+        "data.global_batch_size": 8,
+        "optimizer.lr": 3e-3,
+        "optimizer.min_lr": 3e-4,
+        "optimizer.warmup_steps": 2,
+        "train.steps": 10,
+        "train.eval_steps": 2,
+        "logging.level": "WARNING",
+        **extra,
+    }
+    return [f"{k}={'null' if v is None else v}" for k, v in items.items()]
+
+
+def train(overrides: list[str]) -> list[dict]:
+    """Run a job with these overrides on the current ranks; return its metrics history."""
+    from megatron_lang.training.job import execute
+
+    code, history = execute(load_job_config(None, overrides))
+    assert code == 0
+    return history
