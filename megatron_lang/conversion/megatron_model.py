@@ -1,0 +1,101 @@
+"""A GPTModel built from a converted checkpoint's metadata, loaded, and run for logits.
+
+Used by ``--verify`` (one process, TP=1/PP=1) and by the tests at TP=2 and PP=2
+(gloo ranks); model-parallel groups must already be set up by the caller.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from megatron_lang.checkpointing.metadata import CheckpointMetadata, load_metadata
+from megatron_lang.models.arch import padded_vocab_size, to_transformer_config
+from megatron_lang.models.gpt import build_gpt_model
+
+
+def build_model_for_checkpoint(
+    meta: CheckpointMetadata, params_dtype: torch.dtype = torch.float32, **config_overrides: Any
+) -> Any:
+    """GPTModel (this rank's TP/PP part) whose vocabulary matches the checkpoint's padding.
+
+    Raises:
+        ValueError: the padded vocabulary does not split over the current TP size.
+    """
+    from megatron.core import parallel_state
+
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    pp = parallel_state.get_pipeline_model_parallel_world_size()
+    padded = meta.padded_vocab_size
+    if padded % tp:
+        raise ValueError(
+            f"checkpoint vocabulary is padded to {padded} rows, not divisible by TP={tp}; "
+            f"convert again with --tp-for-padding {tp}"
+        )
+    divisor = padded // tp
+    assert padded_vocab_size(meta.arch.vocab_size, divisor, tp) == padded
+    config = to_transformer_config(
+        meta.arch,
+        params_dtype,
+        tensor_model_parallel_size=tp,
+        pipeline_model_parallel_size=pp,
+        use_cpu_initialization=True,
+        perform_initialization=False,
+        **config_overrides,
+    )
+    return build_gpt_model(meta.arch, config, make_vocab_size_divisible_by=divisor)
+
+
+def load_checkpoint_into(model: Any, ckpt_dir: str | os.PathLike) -> None:
+    """Load a ``torch_dist`` checkpoint into ``model`` (any TP/PP)."""
+    from megatron.core import dist_checkpointing
+
+    sharded = model.sharded_state_dict()
+    sharded = {k: v for k, v in sharded.items() if not k.endswith("_extra_state")}
+    state = dist_checkpointing.load(sharded, str(ckpt_dir))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("_extra_state")]
+    if missing or unexpected:
+        raise RuntimeError(f"checkpoint load: missing {missing}, unexpected {unexpected}")
+
+
+def load_model(
+    ckpt_dir: str | os.PathLike, params_dtype: torch.dtype = torch.float32
+) -> tuple[Any, CheckpointMetadata]:
+    """Build this rank's GPTModel for a converted checkpoint and load its weights."""
+    meta = load_metadata(ckpt_dir)
+    model = build_model_for_checkpoint(meta, params_dtype)
+    load_checkpoint_into(model, Path(ckpt_dir))
+    model.eval()
+    return model, meta
+
+
+@torch.no_grad()
+def forward_logits(model: Any, input_ids_BS: torch.Tensor, vocab_size: int) -> torch.Tensor | None:
+    """Full-vocabulary logits ``[B, S, vocab_size]`` on the last pipeline stage, else None.
+
+    Hidden states go from stage to stage with point-to-point sends; the
+    vocab-parallel logits are gathered over the TP group and padding columns dropped.
+    """
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+    from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
+
+    b, s = input_ids_BS.shape
+    position_ids = torch.arange(s).unsqueeze(0).expand(b, s)
+    pp = parallel_state.get_pipeline_model_parallel_world_size()
+    first = parallel_state.is_pipeline_first_stage()
+    last = parallel_state.is_pipeline_last_stage()
+    if pp > 1 and not first:
+        hidden = torch.empty((s, b, model.config.hidden_size), dtype=model.config.params_dtype)
+        dist.recv(hidden, src=parallel_state.get_pipeline_model_parallel_prev_rank())
+        model.set_input_tensor(hidden)
+    out = model(input_ids_BS, position_ids, None)
+    if pp > 1 and not last:
+        dist.send(out.contiguous(), dst=parallel_state.get_pipeline_model_parallel_next_rank())
+        return None
+    logits = gather_from_tensor_model_parallel_region(out)
+    return logits[..., :vocab_size].float()
