@@ -349,6 +349,15 @@ def _release() -> None:
         torch.cuda.empty_cache()
 
 
+def _is_oom(e: BaseException) -> bool:
+    msg = str(e).lower()
+    return (
+        isinstance(e, torch.cuda.OutOfMemoryError)
+        or "out of memory" in msg
+        or ("alloc_failed" in msg)
+    )
+
+
 def run_with_auto_reduce(
     args: argparse.Namespace, precision: str, world_size: int
 ) -> Result | None:
@@ -358,8 +367,8 @@ def run_with_auto_reduce(
         oom = False
         try:
             return run_one(args, precision, layers, world_size)
-        except torch.cuda.OutOfMemoryError:
-            if args.no_auto_reduce or world_size > 1:
+        except RuntimeError as e:  # torch.cuda.OutOfMemoryError, or a library's alloc failure
+            if not _is_oom(e) or args.no_auto_reduce or world_size > 1:
                 raise
             oom = True
         if oom:
@@ -376,11 +385,12 @@ def _fmt(r: Result) -> str:
     if r.precision == "fp8" and r.mfu_vs_bf16_peak is not None:
         extra = f" ({100 * r.mfu_vs_bf16_peak:.1f}% of the BF16 peak)"
     mem = f"{r.max_memory_gb:.1f} GB" if r.max_memory_gb is not None else "n/a"
+    unit = "rank" if r.label == "CPU smoke" else "GPU"
     return (
         f"[{r.label}] {r.precision:>4}  layers={r.layers} seq={r.seq_length} "
-        f"gbs={r.global_batch_size} gpus={r.world_size} | step {r.step_time_s:.3f} s | "
-        f"{r.tokens_per_s:,.0f} tok/s ({r.tokens_per_s_per_gpu:,.0f}/GPU) | "
-        f"{r.tflops_per_gpu:.4g} TFLOP/s/GPU | MFU {mfu_s}{extra} | mem {mem} | "
+        f"gbs={r.global_batch_size} {unit}s={r.world_size} | step {r.step_time_s:.3f} s | "
+        f"{r.tokens_per_s:,.0f} tok/s ({r.tokens_per_s_per_gpu:,.0f}/{unit}) | "
+        f"{r.tflops_per_gpu:.4g} TFLOP/s/{unit} | MFU {mfu_s}{extra} | mem {mem} | "
         f"loss {r.loss:.3f}"
     )
 
@@ -437,8 +447,10 @@ def main(argv: list[str] | None = None) -> int:
             if rank0:
                 print(_fmt(r), flush=True)
         if rank0 and not args.cpu_smoke:
-            print(f"reference: NVIDIA reports {NVIDIA_REFERENCE_TFLOPS:.0f} TFLOP/s/GPU ")
-            print("           for Llama-3-8B FP8 on H100 (full model, many GPUs).")
+            print(
+                f"reference: NVIDIA reports {NVIDIA_REFERENCE_TFLOPS:.0f} TFLOP/s/GPU "
+                "for Llama-3-8B FP8 on H100 (full 32-layer model)."
+            )
         if rank0 and args.cpu_smoke:
             print("CPU smoke: tiny shape on gloo; figures prove the code path, not performance.")
         if rank0 and args.json is not None:
