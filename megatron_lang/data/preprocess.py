@@ -144,6 +144,23 @@ class ChunkResult:
     input_bytes: int
     text_bytes: int
     blank_lines: int
+    peak_rss_mb: float = 0.0  # of the process that made it
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MB.
+
+    ``VmHWM`` from ``/proc/self/status`` where available: unlike ``ru_maxrss`` it is not
+    inherited across ``fork``/``exec`` from a bigger parent.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:  # pragma: no cover - not Linux
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _add_specials(
@@ -213,6 +230,7 @@ def process_chunk(chunk: readers.Chunk) -> ChunkResult:
         chunk.input_bytes,
         text_bytes,
         parsed.blank_lines,
+        peak_rss_mb(),
     )
 
 
@@ -268,12 +286,6 @@ def _punkt_params(config: PreprocessConfig, files: list[Path]) -> tuple[dict, st
     sentences.save_params(params, path)
     logger.info("punkt parameters trained on the input and saved to %s", path)
     return sentences.params_to_dict(params), str(path)
-
-
-def _peak_rss_mb() -> dict[str, float]:
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return {"main": round(own, 1), "largest_worker": round(children, 1)}
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -337,11 +349,14 @@ def preprocess(config: PreprocessConfig) -> dict:
         tok if config.workers <= 1 else None,
     )
     writers = {}
+    worker_rss = 0.0
+    setup_seconds = 0.0
     try:
         with ExitStack() as stack, _progress_bar(config, files) as bar:
             for key in config.json_keys:
                 writer = IndexedDatasetWriter(config.dataset_prefix(key), dtype)
                 writers[key] = stack.enter_context(writer)
+            setup_seconds = time.time() - start
             results = _ordered_map(process_chunk, chunks, config.workers, _init_worker, initargs)
             for result in results:
                 if result.errors:
@@ -358,6 +373,8 @@ def preprocess(config: PreprocessConfig) -> dict:
                 totals["input_bytes"] += result.input_bytes
                 totals["text_bytes"] += result.text_bytes
                 totals["blank_lines"] += result.blank_lines
+                if config.workers > 1:
+                    worker_rss = max(worker_rss, result.peak_rss_mb)
                 bar.update(result.input_bytes)
                 elapsed = max(time.time() - start, 1e-9)
                 bar.set_postfix(
@@ -398,10 +415,17 @@ def preprocess(config: PreprocessConfig) -> dict:
             "dtype": np.dtype(dtype).name,
             "punkt_params": punkt_path,
             "seconds": round(seconds, 3),
+            "setup_seconds": round(setup_seconds, 3),
+            "tokens_per_second_after_setup": round(
+                totals["tokens"] / max(seconds - setup_seconds, 1e-9), 1
+            ),
             "documents_per_second": round(totals["documents"] / max(seconds, 1e-9), 1),
             "tokens_per_second": round(totals["tokens"] / max(seconds, 1e-9), 1),
             "mb_per_second": round(totals["input_bytes"] / 1e6 / max(seconds, 1e-9), 3),
-            "peak_rss_mb": _peak_rss_mb(),
+            "peak_rss_mb": {
+                "main": round(peak_rss_mb(), 1),
+                "largest_worker": round(worker_rss, 1),
+            },
             "config": asdict(config),
         }
         _write_json(config.summary_path, summary)

@@ -101,7 +101,9 @@ class HFTokenizer(TextTokenizer):
         self.bos_id = self._tok.token_to_id(bos) if bos else None
 
     def encode_batch(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        encodings = self._tok.encode_batch_fast(texts, add_special_tokens=False)
+        # encode_batch_fast (tokenizers >= 0.21) skips offsets; same ids as encode_batch
+        encode = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)
+        encodings = encode(texts, add_special_tokens=False)
         return _lists_to_flat([e.ids for e in encodings])
 
     def decode(self, ids: list[int] | np.ndarray) -> str:
