@@ -136,18 +136,27 @@ class GigatokenTokenizer(TextTokenizer):
 
     backend = "gigatoken"
 
-    def __init__(self, path: Path, reference: TextTokenizer) -> None:
+    def __init__(
+        self,
+        path: Path,
+        reference: TextTokenizer | None,
+        ids: tuple[int, int | None, int | None] | None = None,
+    ) -> None:
+        """Args: ``reference`` (the verified library tokenizer) or, in worker processes
+        that only encode, ``ids`` = (vocab size, EOD id, BOS id) and no reference."""
+        import awkward  # noqa: F401  (imported here, not on the first batch)
         import gigatoken
 
         self.name = str(path)
-        if isinstance(reference, SentencePieceTokenizer):
+        if path.suffix == ".model":
             self._tok = gigatoken.Tokenizer.from_sentencepiece(str(path))
         else:
-            self._tok = gigatoken.Tokenizer(str(reference.json_path))  # type: ignore[attr-defined]
-        self.reference = reference
-        self.vocab_size = reference.vocab_size
-        self.eod_id = reference.eod_id
-        self.bos_id = reference.bos_id
+            self._tok = gigatoken.Tokenizer(str(path / "tokenizer.json" if path.is_dir() else path))
+        self._reference = reference
+        if reference is not None:
+            ids = (reference.vocab_size, reference.eod_id, reference.bos_id)
+        assert ids is not None, "need a reference tokenizer or the ids"
+        self.vocab_size, self.eod_id, self.bos_id = ids
         self.parallel: bool | None = False
 
     def encode_batch(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -176,6 +185,15 @@ class GigatokenTokenizer(TextTokenizer):
         out_offsets = np.asarray(out.offsets.data)
         content = np.asarray(out.content.data)
         return content[out_offsets[0] : out_offsets[-1]], np.diff(out_offsets)
+
+    @property
+    def reference(self) -> TextTokenizer:
+        """The reference library tokenizer (loaded on first use in workers)."""
+        if self._reference is None:
+            path = Path(self.name)
+            kind = "sentencepiece" if path.suffix == ".model" else "hf"
+            self._reference = _load(path, kind, None, None)
+        return self._reference
 
     def decode(self, ids: list[int] | np.ndarray) -> str:
         return self.reference.decode(ids)
@@ -229,9 +247,13 @@ class TokenizerSpec:
     backend: str
     eod_token: str | None = None
     bos_token: str | None = None
+    ids: tuple[int, int | None, int | None] | None = None
+    """(vocab size, EOD id, BOS id) once known: gigatoken workers then skip the reference."""
 
     def build(self) -> TextTokenizer:
         """Load the tokenizer with exactly this backend (no verification)."""
+        if self.backend == "gigatoken" and self.ids is not None:
+            return GigatokenTokenizer(Path(self.path), None, self.ids)
         return _load(Path(self.path), self.backend, self.eod_token, self.bos_token)
 
 
@@ -290,7 +312,8 @@ def load_tokenizer(
         first_line = (str(err).strip().splitlines() or [""])[0]
         fast, problem = None, f"gigatoken cannot load it: {type(err).__name__}: {first_line}"
     if problem is None:
-        spec = TokenizerSpec(str(path), "gigatoken", eod_token, bos_token)
+        ids = (fast.vocab_size, fast.eod_id, fast.bos_id)
+        spec = TokenizerSpec(str(path), "gigatoken", eod_token, bos_token, ids)
         return fast, spec, "gigatoken loaded it and matched the reference ids on the sample"
     if backend == "gigatoken":
         raise ValueError(f"--backend gigatoken: {problem}")
