@@ -406,9 +406,12 @@ def dataset_stats(prefix: str | Path, bins: int = 10) -> dict:
     doc_tokens = seq_cum[docs[1:]] - seq_cum[docs[:-1]] if len(docs) > 1 else np.zeros(0)
     hist: list[dict] = []
     if len(doc_tokens):
-        hi = max(int(doc_tokens.max()), 1)
-        edges = np.unique(np.geomspace(1, hi + 1, bins + 1).astype(np.int64))
-        counts, edges = np.histogram(doc_tokens, bins=np.concatenate(([0], edges)))
+        lo, hi = max(int(doc_tokens.min()), 1), max(int(doc_tokens.max()), 1)
+        edges = np.unique(np.geomspace(lo, hi + 1, bins + 1).astype(np.int64))
+        edges[-1] = hi + 1
+        if int(doc_tokens.min()) < edges[0]:  # empty documents
+            edges = np.concatenate(([0], edges))
+        counts, edges = np.histogram(doc_tokens, bins=edges)
         hist = [
             {"min": int(lo), "max": int(up) - 1, "documents": int(c)}
             for lo, up, c in zip(edges[:-1], edges[1:], counts)

@@ -85,6 +85,7 @@ def params_from_dict(data: dict) -> PunktParameters:
 def save_params(params: PunktParameters, path: str | Path) -> None:
     """Write parameters as JSON (temporary name, then rename)."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(params_to_dict(params), ensure_ascii=False, indent=0))
     tmp.replace(path)

@@ -46,8 +46,15 @@ def test_gigatoken_chosen_and_identical(request, which, gimp_texts):
         np.testing.assert_array_equal(a.astype(np.int64), b)
     for text, ids in zip(gimp_texts, _docs(fast, gimp_texts)):
         assert fast.decode(ids) == text
-    rebuilt = spec.build()
-    assert rebuilt.backend == "gigatoken"
+    rebuilt = spec.build()  # what worker processes load: gigatoken only, same ids
+    assert rebuilt.backend == "gigatoken" and rebuilt._reference is None
+    assert (rebuilt.vocab_size, rebuilt.eod_id, rebuilt.bos_id) == (
+        ref.vocab_size,
+        ref.eod_id,
+        ref.bos_id,
+    )
+    ids, _ = rebuilt.encode_batch(gimp_texts[:1])
+    assert rebuilt.decode(ids) == gimp_texts[0]
 
 
 def test_gigatoken_mismatch_falls_back(bpe_tokenizer, monkeypatch):

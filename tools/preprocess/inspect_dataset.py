@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.tokenizer:
             from megatron_lang.data.tokenizer import load_tokenizer
 
-            tok = load_tokenizer(args.tokenizer, "auto")[0]
+            backend = "sentencepiece" if args.tokenizer.endswith(".model") else "hf"
+            tok = load_tokenizer(args.tokenizer, backend)[0]
         for n in args.decode:
             if not 0 <= n < reader.num_documents:
                 print(

@@ -53,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--punkt-params", help="punkt parameter JSON: loaded if present, else saved there"
     )
+    p.add_argument(
+        "--punkt-train-chars",
+        type=int,
+        default=1_000_000,
+        help="characters of the corpus to train punkt on (default 1,000,000)",
+    )
     p.add_argument("--on-error", choices=["fail", "skip"], default="fail", help="bad documents")
     p.add_argument(
         "--backend", choices=["auto", "gigatoken", "hf", "sentencepiece"], default="auto"
@@ -89,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         workers=args.workers,
         split_sentences=args.split_sentences,
         punkt_params=args.punkt_params,
+        punkt_train_chars=args.punkt_train_chars,
         on_error=args.on_error,
         backend=args.backend,
         max_document_bytes=args.max_document_bytes,
