@@ -238,10 +238,14 @@ def _ordered_map(
     fn: Callable, items: Iterable, workers: int, init: Callable, initargs: tuple
 ) -> Iterator:
     """``map(fn, items)`` over ``workers`` processes, in order, at most 2 x workers in flight."""
+    global _STATE
     if workers <= 1:
         init(*initargs)
-        for item in items:
-            yield fn(item)
+        try:
+            for item in items:
+                yield fn(item)
+        finally:
+            _STATE = None  # do not keep the tokenizer alive after the run
         return
     ctx = mp.get_context("spawn")
     pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=init, initargs=initargs)

@@ -132,7 +132,7 @@ def test_interrupted_in_process_leaves_no_pair(tmp_path, gimp_jsonl, bpe_tokeniz
 def test_killed_process_leaves_no_pair(tmp_path, gimp_jsonl, smollm2_tokenizer_dir):
     """SIGKILL mid-run (no cleanup possible): only temporary names remain."""
     big = tmp_path / "big.jsonl"
-    big.write_bytes(gimp_jsonl.read_bytes() * 40)
+    big.write_bytes(gimp_jsonl.read_bytes() * 60)
     out = tmp_path / "out"
     cmd = [
         sys.executable,
@@ -147,7 +147,7 @@ def test_killed_process_leaves_no_pair(tmp_path, gimp_jsonl, smollm2_tokenizer_d
         deadline = time.time() + 120
         while time.time() < deadline and proc.poll() is None:
             if out.is_dir() and any(".bin.tmp-" in p.name for p in out.iterdir()):
-                time.sleep(0.5)  # some chunks written
+                time.sleep(0.2)  # some chunks written
                 break
             time.sleep(0.05)
         assert proc.poll() is None, "the run ended before it could be interrupted"
