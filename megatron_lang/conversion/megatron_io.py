@@ -117,7 +117,11 @@ def load_tensors(
         else:
             regions[name] = (key, (layer,) + (0,) * len(shape))
             dest[name] = torch.empty((1, *shape), dtype=dtype)
-    planner = _RegionLoadPlanner(regions, num_layers)
+    metadata = reader.read_metadata()
+    items = []
+    for name, (key, offset) in regions.items():
+        items += _region_reads(name, key, offset, tuple(dest[name].shape), metadata, num_layers)
+    planner = _RegionLoadPlanner(items)
     dcp.load(dest, storage_reader=reader, planner=planner, no_dist=True)
     return {name: t[0] if t.dim() > len(specs[name][0]) else t for name, t in dest.items()}
 
@@ -165,18 +169,14 @@ def _region_reads(name: str, key: str, offset: tuple, shape: tuple, meta, num_la
 
 
 class _RegionLoadPlanner:
-    """DCP load planner reading given regions of checkpoint tensors into plain tensors."""
+    """DCP load planner that reads precomputed regions of checkpoint tensors."""
 
-    def __new__(cls, regions, num_layers):
+    def __new__(cls, items: list):
         from torch.distributed.checkpoint import DefaultLoadPlanner
         from torch.distributed.checkpoint.planner import LoadPlan
 
         class Planner(DefaultLoadPlanner):
             def create_local_plan(self) -> LoadPlan:
-                items = []
-                for name, (key, offset) in regions.items():
-                    shape = tuple(self.state_dict[name].shape)
-                    items += _region_reads(name, key, offset, shape, self.metadata, num_layers)
                 return LoadPlan(items)
 
         return Planner(flatten_state_dict=False, flatten_sharded_tensors=False)

@@ -41,13 +41,16 @@ EmbeddingInit = Callable[[NewTokenContext], torch.Tensor]
 def mean_init(ctx: NewTokenContext) -> torch.Tensor:
     """Mean of the old rows of the token's pieces under the old tokenizer.
 
-    A token whose text the old tokenizer cannot encode gets the mean of all old rows.
+    The token's text is its decoded form (its string for added tokens).  A token
+    whose text the old tokenizer cannot encode gets the mean of all old rows.
     """
     w = ctx.old_weight.float()
     overall = w.mean(dim=0)
     rows = []
-    for tok in ctx.new_tokens:
-        text = ctx.new_tokenizer.convert_tokens_to_string([tok])
+    added = ctx.new_tokenizer.get_added_vocab()
+    for tok, nid in zip(ctx.new_tokens, ctx.new_ids):
+        # added tokens are plain text; byte-level decoding would garble non-ASCII ones
+        text = tok if tok in added else ctx.new_tokenizer.decode([nid])
         ids = ctx.old_tokenizer.encode(text, add_special_tokens=False) if text else []
         ids = [i for i in ids if 0 <= i < w.shape[0]]
         rows.append(w[ids].mean(dim=0) if ids else overall)
