@@ -301,9 +301,9 @@ def _parse_jsonl_arrow(
     data: bytes = chunk.payload
     if chunk.oversized or not data:
         return None
-    newlines = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
-    n_lines = len(newlines) + (0 if data.endswith(b"\n") else 1)
-    if limit:
+    n_lines = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
+    if limit and len(data) > limit:  # only then can a line be over the limit
+        newlines = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
         ends = np.append(newlines, len(data))
         if int(np.diff(ends, prepend=-1).max()) - 1 > limit:
             return None

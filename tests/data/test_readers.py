@@ -161,3 +161,15 @@ def test_expand_inputs_errors(tmp_path):
         readers.expand_inputs([tmp_path / "x.csv"])
     with pytest.raises(InputError, match="folder has no"):
         readers.expand_inputs([tmp_path])
+
+
+def test_line_over_the_limit_inside_a_chunk(tmp_path):
+    path = tmp_path / "l.jsonl"
+    lines = [json.dumps({"text": f"doc {i}"}) for i in range(50)]
+    lines[20] = json.dumps({"text": "x" * 2000})
+    path.write_text("\n".join(lines) + "\n")
+    chunks = list(iter_chunks([path], ["text"], chunk_bytes=10_000, max_document_bytes=500))
+    assert len(chunks) == 1 and len(chunks[0].payload) > 500  # the long line is in the chunk
+    assert readers._parse_jsonl_arrow(chunks[0], ["text"], 500) is None
+    recs, errors = _records(path, max_document_bytes=500)
+    assert len(recs) == 49 and [(e.line, e.reason) for e in errors] == [(21, "document_too_large")]
