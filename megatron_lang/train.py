@@ -33,8 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="job YAML (fields: docs/training.md)")
     p.add_argument("--dry-run", action="store_true", help="print config and layout, then exit")
     p.add_argument(
-        "--world-size", type=int, help="ranks to validate the layout against in --dry-run "
-        "(default: WORLD_SIZE / SLURM_NTASKS, else 1)"
+        "--world-size",
+        type=int,
+        help="ranks to validate the layout against in --dry-run "
+        "(default: WORLD_SIZE / SLURM_NTASKS, else 1)",
     )
     p.add_argument("overrides", nargs="*", help="a.b.c=value overrides")
     return p

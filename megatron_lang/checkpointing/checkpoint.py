@@ -38,7 +38,7 @@ log = get_logger(__name__)
 
 LATEST = "latest"
 TRAIN_STATE = "train_state.json"
-OPTIMIZER_SHARDING = {"distrib_optim_sharding_type": "fully_sharded_model_space"}
+OPTIMIZER_SHARDING = {"distrib_optim_sharding_type": "fully_reshardable"}
 
 
 def iter_name(step: int) -> str:
@@ -166,13 +166,13 @@ def save_checkpoint(
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
-        (tmp / "rng").mkdir()
     _barrier()
     sharded = _model_sharded([_unwrap(c) for c in model_chunks])
     sharded["optimizer"] = optimizer.sharded_state_dict(sharded, metadata=OPTIMIZER_SHARDING)
     sharded["scheduler"] = scheduler.state_dict()
     sharded["step"] = state.step
     dist_checkpointing.save(sharded, str(tmp))
+    (tmp / "rng").mkdir(exist_ok=True)
     torch.save(_rng_state(), tmp / "rng" / f"rank{_rank()}.pt")
     _barrier()
     if _rank() == 0:
@@ -193,6 +193,66 @@ def save_checkpoint(
     return final
 
 
+def _torch_adam_compat(optimizer) -> None:
+    """Let megatron-core's distributed optimizer load into ``torch.optim.Adam``.
+
+    Without Apex/TransformerEngine, megatron-core 0.16.1 wraps ``torch.optim.Adam``
+    and two things break on load: a fresh Adam has no state, but building the
+    state dict to load into reads every parameter's ``step``; and the fully
+    reshardable format stores ``step`` in the param groups, not per parameter, yet
+    the per-parameter copy expects it there. Here a fresh Adam gets zero state
+    (overwritten by the load) and the per-parameter copy skips ``step`` (restored
+    from the param groups by megatron-core). GPUs with TE/Apex never need this.
+    """
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        torch_opt = getattr(opt, "optimizer", None)
+        if not isinstance(torch_opt, torch.optim.Adam | torch.optim.AdamW):
+            continue
+        for group in torch_opt.param_groups:
+            for p in group["params"]:
+                if not torch_opt.state[p]:
+                    torch_opt.state[p] = {
+                        "step": torch.tensor(0.0),
+                        "exp_avg": torch.zeros_like(p),
+                        "exp_avg_sq": torch.zeros_like(p),
+                    }
+        if hasattr(opt, "_set_main_param_and_optimizer_states") and not hasattr(
+            opt, "_mlang_compat"
+        ):
+            original = opt._set_main_param_and_optimizer_states
+
+            def set_states(model_param, tensors, _opt=opt, _original=original):
+                if "step" in tensors:
+                    return _original(model_param, tensors)
+                group_index, group_order = _opt.model_param_group_index_map[model_param]
+                main = _opt.optimizer.param_groups[group_index]["params"][group_order]
+                step = _opt.optimizer.state[main].pop("step", None)
+                try:
+                    return _original(model_param, tensors)
+                finally:
+                    if step is not None:
+                        _opt.optimizer.state[main]["step"] = step
+
+            opt._set_main_param_and_optimizer_states = set_states
+            opt._mlang_compat = True
+
+
+def _untie_adam_steps(optimizer) -> None:
+    """After a load, give each parameter its own ``step`` tensor.
+
+    megatron-core's load assigns one shared ``step`` tensor to every parameter of a
+    ``torch.optim.Adam``; Adam increments each parameter's step in place, so a
+    shared tensor would advance once per parameter per step and corrupt the bias
+    correction of every step after a resume.
+    """
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        torch_opt = getattr(opt, "optimizer", None)
+        if isinstance(torch_opt, torch.optim.Adam | torch.optim.AdamW):
+            for state in torch_opt.state.values():
+                if isinstance(state.get("step"), torch.Tensor):
+                    state["step"] = state["step"].clone()
+
+
 def load_checkpoint(
     path: str | os.PathLike,
     model_chunks: list,
@@ -207,6 +267,7 @@ def load_checkpoint(
     state = TrainState(**json.loads((path / TRAIN_STATE).read_text()))
     chunks = [_unwrap(c) for c in model_chunks]
     sharded = _model_sharded(chunks)
+    _torch_adam_compat(optimizer)
     sharded["optimizer"] = optimizer.sharded_state_dict(
         sharded, is_loading=True, metadata=OPTIMIZER_SHARDING
     )
@@ -219,6 +280,7 @@ def load_checkpoint(
         for i, chunk in enumerate(chunks):
             chunk.load_state_dict(loaded[f"model{i}"])
     optimizer.load_state_dict(loaded["optimizer"])
+    _untie_adam_steps(optimizer)
     scheduler.load_state_dict(loaded["scheduler"])
     rng_file = path / "rng" / f"rank{_rank()}.pt"
     if state.layout == current_layout and rng_file.is_file():
@@ -226,7 +288,9 @@ def load_checkpoint(
     else:
         log.warning(
             "resuming %s with a different layout (%s -> %s): RNG states start fresh",
-            path.name, state.layout, current_layout,
+            path.name,
+            state.layout,
+            current_layout,
         )
     log.info("resumed from %s at step %d", path, state.step)
     return state
@@ -245,3 +309,28 @@ def load_model_weights(path: str | os.PathLike, model_chunks: list) -> None:
         for i, chunk in enumerate(chunks):
             chunk.load_state_dict(loaded[f"model{i}"])
     log.info("loaded model weights from %s", path)
+
+
+def save_model_weights(path: str | os.PathLike, model_chunks: list, write_metadata) -> Path:
+    """Save only the model weights (a start point like a converted HF model); every rank calls.
+
+    Written to ``path.tmp`` and renamed when complete.
+    """
+    from megatron.core import dist_checkpointing
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    if _rank() == 0:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+    _barrier()
+    dist_checkpointing.save(_model_sharded([_unwrap(c) for c in model_chunks]), str(tmp))
+    _barrier()
+    if _rank() == 0:
+        write_metadata(tmp)
+        if path.exists():
+            shutil.rmtree(path)
+        tmp.rename(path)
+    _barrier()
+    return path

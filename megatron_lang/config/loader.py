@@ -39,7 +39,12 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     allowed = _allowed(tp)
     if isinstance(value, bool) and bool not in allowed:
         raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
-    if isinstance(value, int) and not isinstance(value, bool) and float in allowed and int not in allowed:
+    if (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and float in allowed
+        and int not in allowed
+    ):
         return float(value)
     if isinstance(value, str) and float in allowed and str not in allowed:
         try:  # YAML reads "1e-4" (no dot) as a string
@@ -52,7 +57,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 
 
 def _type_name(tp: Any) -> str:
-    return " | ".join(getattr(a, "__name__", str(a)) for a in _allowed(tp)).replace("NoneType", "None")
+    return " | ".join(getattr(a, "__name__", str(a)) for a in _allowed(tp)).replace(
+        "NoneType", "None"
+    )
 
 
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
@@ -102,7 +109,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def load_job_config(path: str | Path | None = None, overrides: list[str] | None = None) -> JobConfig:
+def load_job_config(
+    path: str | Path | None = None, overrides: list[str] | None = None
+) -> JobConfig:
     """Read a YAML job file (optional), apply overrides, validate, return the config."""
     data: dict[str, Any] = {}
     if path is not None:

@@ -62,7 +62,10 @@ def resolve_model(cfg: JobConfig) -> ModelSource:
                     )
         tok = tokenizer_path(m.checkpoint)
         return ModelSource(
-            arch, meta.padded_vocab_size, m.checkpoint, meta.hf_config,
+            arch,
+            meta.padded_vocab_size,
+            m.checkpoint,
+            meta.hf_config,
             cfg.data.tokenizer or (str(tok) if tok else None),
         )
     if not m.preset:
@@ -90,7 +93,11 @@ def check_startup(cfg: JobConfig, arch: LlamaArch, world_size: int) -> dict[str,
 
     p, d, m = cfg.parallel, cfg.data, cfg.model
     validate_layout(
-        p, world_size, arch.num_layers, arch.num_attention_heads, arch.num_query_groups,
+        p,
+        world_size,
+        arch.num_layers,
+        arch.num_attention_heads,
+        arch.num_query_groups,
         d.seq_length,
     )
     dp = p.data_parallel_size(world_size)
@@ -149,14 +156,17 @@ def transformer_config(cfg: JobConfig, arch: LlamaArch):
     )
     if m.recompute == "full":
         overrides.update(
-            recompute_granularity="full", recompute_method="uniform",
+            recompute_granularity="full",
+            recompute_method="uniform",
             recompute_num_layers=m.recompute_num_layers,
         )
     elif m.recompute == "selective":
         overrides.update(recompute_granularity="selective")
     if m.fp8:
         overrides.update(
-            fp8=m.fp8, fp8_recipe=m.fp8_recipe, fp8_amax_history_len=m.fp8_amax_history_len,
+            fp8=m.fp8,
+            fp8_recipe=m.fp8_recipe,
+            fp8_amax_history_len=m.fp8_amax_history_len,
             fp8_amax_compute_algo=m.fp8_amax_compute_algo,
         )
     return to_transformer_config(arch, DTYPES[m.dtype], **overrides)
@@ -168,8 +178,11 @@ def build_model_chunks(cfg: JobConfig, src: ModelSource, config) -> list:
     chunks = []
     for i in range(vpp):
         model = build_gpt_model(
-            src.arch, config, vp_stage=i if vpp > 1 else None,
-            use_te=cfg.model.transformer_engine, padded_vocab=src.padded_vocab,
+            src.arch,
+            config,
+            vp_stage=i if vpp > 1 else None,
+            use_te=cfg.model.transformer_engine,
+            padded_vocab=src.padded_vocab,
         )
         if torch.cuda.is_available():
             model.cuda(torch.cuda.current_device())

@@ -65,7 +65,11 @@ def execute(cfg: JobConfig) -> tuple[int, list[dict[str, float]]]:
         build.check_startup(cfg, src.arch, env.world_size)
         a = src.arch
         initialize_model_parallel(
-            cfg.parallel, a.num_layers, a.num_attention_heads, a.num_query_groups, cfg.data.seq_length
+            cfg.parallel,
+            a.num_layers,
+            a.num_attention_heads,
+            a.num_query_groups,
+            cfg.data.seq_length,
         )
         set_seed(cfg.train.seed)
         log.info("job:\n%s", describe(cfg, env.world_size))

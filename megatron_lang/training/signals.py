@@ -39,7 +39,10 @@ class ExitSignal:
         if dist.is_initialized():
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         if flag.item() > 0:
-            log.warning("exit signal %s received: saving a checkpoint and exiting", self.received or "(another rank)")
+            log.warning(
+                "exit signal %s received: saving a checkpoint and exiting",
+                self.received or "(another rank)",
+            )
             return True
         return False
 

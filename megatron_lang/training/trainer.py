@@ -93,8 +93,11 @@ class Trainer:
 
         d = self.cfg.data
         return training_flops_per_step(
-            self.src.arch, d.seq_length, d.global_batch_size,
-            recompute=self.cfg.model.recompute == "full", padded_vocab=self.src.padded_vocab,
+            self.src.arch,
+            d.seq_length,
+            d.global_batch_size,
+            recompute=self.cfg.model.recompute == "full",
+            padded_vocab=self.src.padded_vocab,
         )
 
     # ------------------------------------------------------------------- loop
@@ -129,14 +132,21 @@ class Trainer:
         """One optimizer step over the next global batch (skipped on a non-finite loss)."""
         d, t0 = self.cfg.data, time.perf_counter()
         batches = data.step_microbatches(
-            self.data.train, self.state.consumed_samples, d.global_batch_size,
-            d.micro_batch_size, self.dp_rank, self.dp_size,
+            self.data.train,
+            self.state.consumed_samples,
+            d.global_batch_size,
+            d.micro_batch_size,
+            self.dp_rank,
+            self.dp_size,
         )
         for m in self.model:
             m.zero_grad_buffer()
         self.optimizer.zero_grad()
         report = step.run_schedule(
-            self.model, [data.to_device(b) for b in batches], d.seq_length, len(self.data.source_names)
+            self.model,
+            [data.to_device(b) for b in batches],
+            d.seq_length,
+            len(self.data.source_names),
         )
         metrics = step.summarize(report, self.data.source_names)
         self.state.step += 1
@@ -179,7 +189,7 @@ class Trainer:
         values.pop("tokens", None)
         self._record({"step": s, **values})
         if self.is_logger:
-            self.writer.scalars(s, values, prefix="train")
+            self.writer.train_step(s, values)
             if s % cfg.train.log_interval == 0 or s == cfg.train.steps:
                 log.info(format_console_line(s, cfg.train.steps, values))
         if cfg.train.eval_interval and s % cfg.train.eval_interval == 0:
@@ -198,18 +208,28 @@ class Trainer:
             for name, ds in self.data.valid.items():
                 steps = min(self.cfg.train.eval_steps, len(ds) // per_step)
                 if steps == 0:
-                    log.warning("validation set %s has fewer than %d samples: skipped", name, per_step)
+                    log.warning(
+                        "validation set %s has fewer than %d samples: skipped", name, per_step
+                    )
                     continue
                 total = None
                 with torch.no_grad():
                     for i in range(steps):
                         batches = data.step_microbatches(
-                            ds, i * per_step, per_step, d.micro_batch_size, self.dp_rank, self.dp_size
+                            ds,
+                            i * per_step,
+                            per_step,
+                            d.micro_batch_size,
+                            self.dp_rank,
+                            self.dp_size,
                         )
                         for b in batches:  # validation sets are single-source
                             b.pop("dataset_id", None)
                         r = step.run_schedule(
-                            self.model, [data.to_device(b) for b in batches], d.seq_length, 0,
+                            self.model,
+                            [data.to_device(b) for b in batches],
+                            d.seq_length,
+                            0,
                             forward_only=True,
                         )
                         total = r if total is None else total + r
@@ -222,15 +242,25 @@ class Trainer:
         if results:
             self._record({"step": self.state.step, **{f"valid/{k}": v for k, v in results.items()}})
         if results and self.is_logger:
-            self.writer.scalars(self.state.step, results, prefix="valid")
+            for name in self.data.valid:
+                if f"{name}/loss" in results:
+                    self.writer.scalars(
+                        self.state.step,
+                        {"loss": results[f"{name}/loss"], "ppl": results[f"{name}/ppl"]},
+                        prefix=f"val/{name}",
+                    )
             log.info(
-                "validation at step %d: %s", self.state.step,
+                "validation at step %d: %s",
+                self.state.step,
                 ", ".join(f"{k} {v:.4f}" for k, v in results.items()),
             )
         return results
 
     def _saved_at(self, s: int) -> bool:
-        return bool(self.cfg.checkpoint.dir) and (Path(self.cfg.checkpoint.dir) / ckpt.iter_name(s)).is_dir()
+        return (
+            bool(self.cfg.checkpoint.dir)
+            and (Path(self.cfg.checkpoint.dir) / ckpt.iter_name(s)).is_dir()
+        )
 
     def save(self) -> Path | None:
         """Checkpoint the run now (no-op without ``checkpoint.dir``)."""
@@ -239,8 +269,13 @@ class Trainer:
             log.warning("checkpoint.dir is not set: nothing saved")
             return None
         return ckpt.save_checkpoint(
-            c.dir, self.state, self.model, self.optimizer, self.scheduler,
-            self._write_metadata, keep_last=c.keep_last,
+            c.dir,
+            self.state,
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            self._write_metadata,
+            keep_last=c.keep_last,
         )
 
     def _write_metadata(self, path: Path) -> None:

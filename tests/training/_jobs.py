@@ -33,3 +33,22 @@ def train(overrides: list[str]) -> list[dict]:
     code, history = execute(load_job_config(None, overrides))
     assert code == 0
     return history
+
+
+def make_start_checkpoint(blend: dict[str, str], out: str) -> None:
+    """Random tiny-llama weights saved at TP=1 as a start point (like a converted HF model)."""
+    from megatron_lang.checkpointing.checkpoint import save_model_weights
+    from megatron_lang.checkpointing.metadata import CheckpointMetadata, save_metadata
+    from megatron_lang.platform import initialize_model_parallel, set_seed
+    from megatron_lang.training import build
+
+    cfg = load_job_config(None, base_overrides(blend))
+    src = build.resolve_model(cfg)
+    initialize_model_parallel(cfg.parallel)
+    set_seed(cfg.train.seed)
+    chunks = build.build_model_chunks(cfg, src, build.transformer_config(cfg, src.arch))
+
+    def meta(path):
+        save_metadata(path, CheckpointMetadata(src.arch, src.padded_vocab), blend["tokenizer"])
+
+    save_model_weights(out, chunks, meta)

@@ -66,3 +66,14 @@ def tiny_blend(tmp_path_factory) -> dict[str, str]:
         "  - {name: nn_gimp, path: nn_text_document, weight: 0.3, max_epochs: 8, language: nn}\n"
     )
     return {"blend": str(blend), "tokenizer": str(root / "tokenizer")}
+
+
+@pytest.fixture(scope="session")
+def start_checkpoint(tiny_blend, tmp_path_factory) -> str:
+    """tiny-llama random weights saved at TP=1 with metadata and tokenizer (a start point)."""
+    from tests._distributed import run_distributed
+    from tests.training import _jobs
+
+    out = str(tmp_path_factory.mktemp("start") / "ckpt")
+    run_distributed(_jobs.make_start_checkpoint, 1, tiny_blend, out)
+    return out

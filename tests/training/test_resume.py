@@ -1,0 +1,188 @@
+"""Exact resume after SIGKILL, save-and-exit on SIGTERM, crash during a save, resharded resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests._distributed import free_port, run_distributed
+from tests.training import _jobs
+
+pytestmark = pytest.mark.distributed
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _start(overrides: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "MASTER_PORT": str(free_port()), "OMP_NUM_THREADS": "1"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS"):
+        env.pop(key, None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "megatron_lang.train", *overrides],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 240) -> tuple[int, str]:
+    out, _ = proc.communicate(timeout=timeout)
+    return proc.returncode, out
+
+
+def _steps(metrics_file: Path) -> dict[int, float]:
+    """Loss per step; a step logged twice (re-done after a resume) keeps its last value."""
+    losses = {}
+    for line in metrics_file.read_text().splitlines():
+        rec = json.loads(line)
+        if "loss" in rec:
+            losses[rec["step"]] = rec["loss"]
+    return losses
+
+
+def _wait_for_steps(metrics_file: Path, n: int, proc: subprocess.Popen, timeout=180) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        if metrics_file.exists() and len(_steps(metrics_file)) >= n:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended early:\n{proc.stdout.read()}")
+        time.sleep(0.05)
+    raise AssertionError(f"no step {n} within {timeout} s")
+
+
+def test_sigkill_then_resume_repeats_the_uninterrupted_losses_bitwise(tiny_blend, tmp_path):
+    steps = 12
+    common = {"train.steps": steps, "checkpoint.save_interval": 3}
+    ref = tmp_path / "ref.jsonl"
+    code, out = _finish(
+        _start(_jobs.base_overrides(tiny_blend, **common, **{"logging.metrics_file": ref}))
+    )
+    assert code == 0, out
+
+    metrics = tmp_path / "run.jsonl"
+    args = _jobs.base_overrides(
+        tiny_blend,
+        **common,
+        **{"logging.metrics_file": metrics, "checkpoint.dir": tmp_path / "ckpt"},
+    )
+    kill_at = random.Random().randint(4, steps - 2)
+    proc = _start(args)
+    _wait_for_steps(metrics, kill_at, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = max(_steps(metrics))
+    assert killed_at < steps, "the run finished before it was killed"
+    latest = (tmp_path / "ckpt" / "latest").read_text().strip()
+    assert int(latest.split("_")[1]) <= killed_at
+
+    logged_before = len(metrics.read_text().splitlines())
+    code, out = _finish(_start(args))
+    assert code == 0, out
+    resumed = [json.loads(x) for x in metrics.read_text().splitlines()[logged_before:]]
+    assert resumed[0]["step"] == int(latest.split("_")[1]) + 1  # continued after `latest`
+    expected, got = _steps(ref), _steps(metrics)
+    assert sorted(got) == list(range(1, steps + 1))
+    assert got == expected, f"killed after step {killed_at}, resumed from {latest}"
+
+
+def test_sigterm_saves_a_complete_checkpoint_and_exits_0(tiny_blend, tmp_path):
+    metrics = tmp_path / "m.jsonl"
+    proc = _start(
+        _jobs.base_overrides(
+            tiny_blend,
+            **{
+                "train.steps": 1500,
+                "logging.metrics_file": metrics,
+                "checkpoint.dir": tmp_path / "ckpt",
+            },
+        )
+    )
+    _wait_for_steps(metrics, 3, proc)
+    proc.send_signal(signal.SIGTERM)
+    code, out = _finish(proc)
+    assert code == 0, out
+    last = max(_steps(metrics))
+    latest = (tmp_path / "ckpt" / "latest").read_text().strip()
+    assert latest == f"iter_{last:07d}"
+    state = json.loads((tmp_path / "ckpt" / latest / "train_state.json").read_text())
+    assert state["step"] == last and state["consumed_samples"] == 8 * last
+    assert (tmp_path / "ckpt" / latest / "megatron_lang.json").is_file()
+    assert (tmp_path / "ckpt" / latest / "tokenizer" / "tokenizer.json").is_file()
+
+
+def _crash_on_second_save(overrides: list[str]) -> dict:
+    """Run a job whose second checkpoint save dies half-way; report what is on disk."""
+    import megatron.core.dist_checkpointing as dcp
+
+    original, calls = dcp.save, []
+
+    def flaky_save(state, path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 2:
+            original(state, path, *args, **kwargs)  # files written, never completed
+            raise OSError("disk failure during save")
+        return original(state, path, *args, **kwargs)
+
+    dcp.save = flaky_save
+    try:
+        _jobs.train(overrides)
+    except OSError as e:
+        return {"error": str(e), "saves": calls}
+    return {"error": None, "saves": calls}
+
+
+def test_crash_during_save_keeps_latest_on_the_previous_checkpoint(tiny_blend, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    args = _jobs.base_overrides(
+        tiny_blend,
+        **{
+            "train.steps": 6,
+            "checkpoint.save_interval": 2,
+            "checkpoint.dir": ckpt,
+        },
+    )
+    result = run_distributed(_crash_on_second_save, 1, args)[0]
+    assert result["error"] == "disk failure during save"
+    assert (ckpt / "latest").read_text().strip() == "iter_0000002"
+    assert (ckpt / "iter_0000004.tmp").is_dir() and not (ckpt / "iter_0000004").exists()
+    # the next run ignores the broken save and resumes from step 2
+    history = run_distributed(_jobs.train, 1, args)[0]
+    assert [h["step"] for h in history if "loss" in h] == [3, 4, 5, 6]
+    assert not (ckpt / "iter_0000004.tmp").exists()
+    assert (ckpt / "latest").read_text().strip() == "iter_0000006"
+
+
+def test_tp2_checkpoint_resumes_at_tp1_and_pp2(tiny_blend, start_checkpoint, tmp_path):
+    common = {"model.checkpoint": start_checkpoint, "train.steps": 8}
+    tp2 = _jobs.base_overrides(
+        tiny_blend,
+        **common,
+        **{
+            "parallel.tensor_parallel": 2,
+            "checkpoint.dir": tmp_path / "tp2",
+            "checkpoint.save_interval": 4,
+        },
+    )
+    ref = [h for h in run_distributed(_jobs.train, 2, tp2)[0] if "loss" in h]
+    for name, world, layout in [("tp1", 1, {}), ("pp2", 2, {"parallel.pipeline_parallel": 2})]:
+        d = tmp_path / name
+        d.mkdir()
+        shutil.copytree(tmp_path / "tp2" / "iter_0000004", d / "iter_0000004")
+        (d / "latest").write_text("iter_0000004\n")
+        args = _jobs.base_overrides(tiny_blend, **common, **layout, **{"checkpoint.dir": d})
+        resumed = [h for h in run_distributed(_jobs.train, world, args)[0] if "loss" in h]
+        assert [h["step"] for h in resumed] == [5, 6, 7, 8]
+        for a, b in zip(resumed, ref[4:]):
+            assert abs(a["loss"] - b["loss"]) <= 1e-4, (name, a["step"], a["loss"], b["loss"])
