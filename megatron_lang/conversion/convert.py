@@ -29,7 +29,7 @@ from megatron_lang.checkpointing.metadata import (
 from megatron_lang.conversion.families import FAMILIES, family_for_hf_config
 from megatron_lang.conversion.hf_io import HFSource, StreamingSafetensorsWriter, open_hf
 from megatron_lang.conversion.mapping import Conversion, ConversionError, expand, group_by_stage
-from megatron_lang.conversion.megatron_io import load_tensors, save_checkpoint
+from megatron_lang.conversion.megatron_io import load_tensors, save_checkpoint_streamed
 from megatron_lang.conversion.vocab import EmbeddingInit, VocabRemap
 from megatron_lang.models.arch import padded_vocab_size
 from megatron_lang.platform import get_logger
@@ -146,21 +146,25 @@ def hf_to_megatron(
             remap = VocabRemap(_load_tokenizer(src.tokenizer_dir), new_tok, embed_init)
             out_arch = dataclasses.replace(arch, vocab_size=remap.new_size)
         padded = padded_vocab_size(out_arch.vocab_size, vocab_divisor, tp_for_padding)
+        for conv in conversions:  # every shape checked before anything is written
+            conv.check_shapes([src.meta(n)[0] for n in conv.hf], arch)
+        dtype = dtype or src.meta(conversions[0].hf[0])[1]
+        by_name = {c.megatron: c for c in conversions}
+        specs = {c.megatron: (megatron_shape(c, padded), dtype) for c in conversions}
+
+        def produce(name: str) -> torch.Tensor:
+            conv = by_name[name]
+            t = conv.to_megatron([src.get(n) for n in conv.hf], arch)
+            if conv.rule.vocab_rows:
+                if remap is not None:
+                    t = remap.apply(t, conv.hf[0])
+                t = torch.cat([t, t.new_zeros((padded - t.shape[0], t.shape[1]))])
+            return t.to(dtype).contiguous()
+
         with atomic_output_dir(out_dir, overwrite) as tmp:
-            tensors: dict[str, torch.Tensor] = {}
-            for conv in conversions:
-                t = conv.to_megatron([src.get(n) for n in conv.hf], arch)
-                if dtype is None:
-                    dtype = t.dtype
-                if conv.rule.vocab_rows:
-                    if remap is not None:
-                        t = remap.apply(t, conv.hf[0])
-                    t = torch.cat([t, t.new_zeros((padded - t.shape[0], t.shape[1]))])
-                tensors[conv.megatron] = t.to(dtype).contiguous()
-            nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
-            save_checkpoint(tensors, tmp, arch.num_layers)
-            n = len(tensors)
-            del tensors
+            save_checkpoint_streamed(specs, produce, tmp, arch.num_layers)
+            n = len(specs)
+            nbytes = sum(_numel(s) * d.itemsize for s, d in specs.values())
             hf_config = src.config.to_dict()
             hf_config["vocab_size"] = out_arch.vocab_size
             meta = CheckpointMetadata(
@@ -184,6 +188,13 @@ def hf_to_megatron(
     secs = time.perf_counter() - t0
     log.info("wrote %s: %d tensors, %.1f MB in %.1f s", out_dir, n, nbytes / 1e6, secs)
     return ConversionReport(Path(out_dir), n, nbytes, secs, padded)
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
 
 
 def megatron_shape(conv: Conversion, padded_vocab: int) -> tuple[int, ...]:

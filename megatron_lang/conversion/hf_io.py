@@ -39,6 +39,10 @@ class HFSource:
         """One tensor (a fresh copy the caller owns)."""
         raise NotImplementedError
 
+    def meta(self, name: str) -> tuple[tuple[int, ...], torch.dtype]:
+        """Shape and dtype of a tensor, without reading its data."""
+        raise NotImplementedError
+
     def close(self) -> None:
         """Release open files / temporary folders."""
 
@@ -71,6 +75,10 @@ class SafetensorsSource(HFSource):
     def get(self, name: str) -> torch.Tensor:
         return self._where[name].get_tensor(name)
 
+    def meta(self, name: str) -> tuple[tuple[int, ...], torch.dtype]:
+        sl = self._where[name].get_slice(name)
+        return tuple(sl.get_shape()), _FROM_ST_DTYPES[sl.get_dtype()]
+
     def bytes_read(self) -> int:
         """Size of the tensor files (all are read once during conversion)."""
         return sum(os.path.getsize(Path(self.tokenizer_dir) / n) for n in self._handles)
@@ -95,6 +103,10 @@ class BinSource(HFSource):
     def get(self, name: str) -> torch.Tensor:
         return self._where[name][name].clone()
 
+    def meta(self, name: str) -> tuple[tuple[int, ...], torch.dtype]:
+        t = self._where[name][name]
+        return tuple(t.shape), t.dtype
+
 
 class InMemorySource(HFSource):
     """Tensors already in memory (a GGUF model de-quantised by transformers, tests)."""
@@ -110,6 +122,9 @@ class InMemorySource(HFSource):
 
     def get(self, name: str) -> torch.Tensor:
         return self._sd.pop(name)  # each tensor is converted once; free it as we go
+
+    def meta(self, name: str) -> tuple[tuple[int, ...], torch.dtype]:
+        return tuple(self._sd[name].shape), self._sd[name].dtype
 
     def close(self) -> None:
         if self._tmp is not None:
@@ -173,6 +188,7 @@ _ST_DTYPES = {
     torch.int8: "I8",
     torch.uint8: "U8",
 }
+_FROM_ST_DTYPES = {v: k for k, v in _ST_DTYPES.items()}
 
 
 class StreamingSafetensorsWriter:

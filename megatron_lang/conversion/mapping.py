@@ -139,14 +139,18 @@ class Conversion:
     rule: Rule
     layer: int | None
 
-    def to_megatron(self, tensors: list[torch.Tensor], arch: LlamaArch) -> torch.Tensor:
-        """Check the HF shapes, then apply the rule's transform."""
-        for name, t, shape in zip(self.hf, tensors, self.hf_shapes):
-            if tuple(t.shape) != shape:
+    def check_shapes(self, shapes: list[tuple[int, ...]], arch: LlamaArch) -> None:
+        """Raise ConversionError naming the first HF tensor whose shape is not the expected one."""
+        for name, found, shape in zip(self.hf, shapes, self.hf_shapes):
+            if tuple(found) != shape:
                 raise ConversionError(
                     f"tensor {name!r}: expected shape {shape} for {arch.family} "
-                    f"config, found {tuple(t.shape)}"
+                    f"config, found {tuple(found)}"
                 )
+
+    def to_megatron(self, tensors: list[torch.Tensor], arch: LlamaArch) -> torch.Tensor:
+        """Check the HF shapes, then apply the rule's transform."""
+        self.check_shapes([tuple(t.shape) for t in tensors], arch)
         return self.rule.transform.to_megatron(tensors, arch)
 
 

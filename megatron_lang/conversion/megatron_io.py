@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -79,7 +79,11 @@ def single_process_group() -> Iterator[None]:
 
 
 def save_checkpoint(tensors: dict[str, torch.Tensor], ckpt_dir: Path, num_layers: int) -> None:
-    """Save full-model megatron tensors as a ``torch_dist`` checkpoint in ``ckpt_dir``."""
+    """Save full-model megatron tensors with megatron-core's own ``dist_checkpointing.save``.
+
+    Holds all tensors in memory; :func:`save_checkpoint_streamed` writes the
+    same checkpoint one tensor at a time.
+    """
     from megatron.core import dist_checkpointing
     from megatron.core.dist_checkpointing.strategies.torch import TorchDistSaveShardedStrategy
 
@@ -87,6 +91,90 @@ def save_checkpoint(tensors: dict[str, torch.Tensor], ckpt_dir: Path, num_layers
     strategy = TorchDistSaveShardedStrategy("torch_dist", 1, thread_count=1)
     with single_process_group():
         dist_checkpointing.save(sharded, str(ckpt_dir), sharded_strategy=strategy)
+
+
+def save_checkpoint_streamed(
+    specs: dict[str, tuple[tuple[int, ...], torch.dtype]],
+    produce: Callable[[str], torch.Tensor],
+    ckpt_dir: Path,
+    num_layers: int,
+) -> None:
+    """Write the ``torch_dist`` checkpoint of :func:`save_checkpoint`, producing tensors on demand.
+
+    ``specs`` gives each full-model tensor's shape and dtype; ``produce(name)``
+    makes the tensor when the writer reaches it (e.g. reads and fuses the HF
+    tensors), so at most one tensor is in memory.  The files are those
+    megatron-core's torch_dist strategy writes at TP=1/PP=1: a PyTorch DCP
+    checkpoint (one chunk per layer of each stacked tensor), ``metadata.json``
+    and ``common.pt``.
+    """
+    import torch.distributed.checkpoint as dcp
+    from megatron.core.dist_checkpointing.core import CheckpointingConfig, save_config
+    from torch.distributed._shard.sharded_tensor import Shard, ShardedTensor, ShardMetadata
+    from torch.distributed._shard.sharded_tensor.metadata import (
+        ShardedTensorMetadata,
+        TensorProperties,
+    )
+
+    groups: dict[str, list[tuple[list[int], list[int], str]]] = {}
+    global_shapes: dict[str, tuple[list[int], torch.dtype]] = {}
+    where: dict[tuple[str, tuple[int, ...]], str] = {}
+    for name, (shape, dtype) in specs.items():
+        key, layer = checkpoint_key(name)
+        if layer is None:
+            offsets, size, global_shape = [0] * len(shape), list(shape), list(shape)
+        else:
+            offsets, size = [layer] + [0] * len(shape), [1, *shape]
+            global_shape = [num_layers, *shape]
+        groups.setdefault(key, []).append((offsets, size, name))
+        global_shapes[key] = (global_shape, dtype)
+        where[(key, tuple(offsets))] = name
+    with single_process_group():
+        state = {}
+        for key, members in groups.items():
+            global_shape, dtype = global_shapes[key]
+            # meta tensors: shapes only, the data comes from produce() while writing
+            shards = [
+                Shard(
+                    torch.empty(size, dtype=dtype, device="meta"),
+                    ShardMetadata(offsets, size, "rank:0/meta"),
+                )
+                for offsets, size, _ in members
+            ]
+            meta = ShardedTensorMetadata(
+                [s.metadata for s in shards],
+                torch.Size(global_shape),
+                TensorProperties(dtype=dtype),
+            )
+            state[key] = ShardedTensor._init_from_local_shards_and_global_metadata(shards, meta)
+        writer = dcp.FileSystemWriter(str(ckpt_dir), single_file_per_rank=True, thread_count=1)
+        dcp.save(state, storage_writer=writer, planner=_StreamingSavePlanner(where, specs, produce))
+    save_config(CheckpointingConfig("torch_dist"), str(ckpt_dir))
+    torch.save({}, Path(ckpt_dir) / "common.pt")
+
+
+class _StreamingSavePlanner:
+    """DCP save planner whose tensor data is produced when the writer asks for it."""
+
+    def __new__(cls, where: dict, specs: dict, produce: Callable[[str], torch.Tensor]):
+        from torch.distributed.checkpoint import DefaultSavePlanner
+        from torch.distributed.checkpoint.planner import WriteItemType
+
+        class Planner(DefaultSavePlanner):
+            def resolve_data(self, write_item):
+                if write_item.type == WriteItemType.BYTE_IO:
+                    return super().resolve_data(write_item)
+                idx = write_item.index
+                name = where[(idx.fqn, tuple(idx.offset))]
+                t = produce(name)
+                if tuple(t.shape) != tuple(specs[name][0]) or t.dtype != specs[name][1]:
+                    raise ValueError(
+                        f"tensor {name!r}: produced {tuple(t.shape)} {t.dtype}, "
+                        f"planned {specs[name][0]} {specs[name][1]}"
+                    )
+                return t.reshape(tuple(write_item.tensor_data.chunk.sizes)).contiguous()
+
+        return Planner(flatten_state_dict=False, flatten_sharded_tensors=False)
 
 
 def load_tensors(

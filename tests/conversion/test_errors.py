@@ -74,7 +74,7 @@ def test_failure_while_saving_leaves_no_output(tiny_cases, tmp_path, monkeypatch
     def boom(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(convert, "save_checkpoint", boom)
+    monkeypatch.setattr(convert, "save_checkpoint_streamed", boom)
     with pytest.raises(OSError, match="disk full"):
         hf_to_megatron(tiny_cases["llama2"].hf_dir, tmp_path / "out")
     _assert_no_output(tmp_path)

@@ -58,3 +58,42 @@ def test_tied_checkpoint_has_no_output_layer(tiny_cases):
     assert tuple(untied.state_dict_metadata["output_layer.weight"].size) == (1024, 64)
     stacked = untied.state_dict_metadata["decoder.layers.mlp.linear_fc1.weight"]
     assert tuple(stacked.size) == (2, 192, 64)  # [layers, gate+up, hidden]
+
+
+@pytest.mark.unit
+def test_streamed_writer_matches_megatron_save(tiny_cases, tmp_path):
+    """The streamed checkpoint has the layout megatron-core's own dist_checkpointing.save writes."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    from megatron_lang.conversion.megatron_io import checkpoint_key, load_tensors, save_checkpoint
+
+    case = tiny_cases["qwen2"]
+    ours = FileSystemReader(str(case.ckpt_dir)).read_metadata().state_dict_metadata
+    names = {
+        "embedding.word_embeddings.weight": (1024, 64),
+        "decoder.final_layernorm.weight": (64,),
+        **{f"decoder.layers.{i}.{n}": s for i in range(2) for n, s in [
+            ("input_layernorm.weight", (64,)),
+            ("self_attention.linear_qkv.weight", (192, 64)),
+            ("self_attention.linear_qkv.bias", (192,)),
+            ("self_attention.linear_proj.weight", (64, 64)),
+            ("pre_mlp_layernorm.weight", (64,)),
+            ("mlp.linear_fc1.weight", (192, 64)),
+            ("mlp.linear_fc2.weight", (64, 96)),
+        ]},
+    }  # fmt: skip
+    tensors = load_tensors(case.ckpt_dir, {n: (s, torch.float32) for n, s in names.items()}, 2)
+    (tmp_path / "ref").mkdir()
+    save_checkpoint(tensors, tmp_path / "ref", 2)
+    ref = FileSystemReader(str(tmp_path / "ref")).read_metadata().state_dict_metadata
+    assert sorted(ours) == sorted(ref) == sorted({checkpoint_key(n)[0] for n in names})
+    for key in ref:
+        assert ours[key].size == ref[key].size, key
+        assert ours[key].properties.dtype == ref[key].properties.dtype, key
+        assert sorted(c.offsets for c in ours[key].chunks) == sorted(
+            c.offsets for c in ref[key].chunks
+        )
+    back = load_tensors(tmp_path / "ref", {n: (s, torch.float32) for n, s in names.items()}, 2)
+    assert all(torch.equal(back[n], tensors[n]) for n in names)
+    config = json.loads((tmp_path / "ref" / "metadata.json").read_text())
+    assert json.loads((case.ckpt_dir / "metadata.json").read_text()) == config
