@@ -80,8 +80,13 @@ def resolve_model(cfg: JobConfig) -> ModelSource:
     return ModelSource(arch, padded, None, {}, cfg.data.tokenizer)
 
 
-def check_startup(cfg: JobConfig, arch: LlamaArch, world_size: int) -> dict[str, int]:
-    """Validate layout, batch arithmetic and hardware-dependent options.
+def check_startup(
+    cfg: JobConfig, arch: LlamaArch, world_size: int, hardware: bool = True
+) -> dict[str, int]:
+    """Validate layout, batch arithmetic, option values and (``hardware``) this machine.
+
+    A dry run on a login node passes ``hardware=False``: the layout is checked
+    there, the GPU-only options on the compute nodes at start.
 
     Returns:
         ``{"dp": ..., "grad_accum": ...}``.
@@ -108,17 +113,27 @@ def check_startup(cfg: JobConfig, arch: LlamaArch, world_size: int) -> dict[str,
         )
     if m.dtype not in DTYPES:
         raise StartupError(f"model.dtype={m.dtype!r}: choose one of {sorted(DTYPES)}")
+    if m.fp8 is not None and m.fp8 not in ("hybrid", "e4m3"):
+        raise StartupError(f"model.fp8={m.fp8!r}: choose 'hybrid' or 'e4m3' (or null)")
+    if m.fp8 is not None and m.fp8_recipe not in ("delayed", "tensorwise"):
+        raise StartupError(f"model.fp8_recipe={m.fp8_recipe!r}: 'delayed' or 'tensorwise'")
+    opt = cfg.optimizer
+    if opt.overlap_param_gather and not opt.use_distributed_optimizer:
+        raise StartupError("optimizer.overlap_param_gather needs use_distributed_optimizer=true")
+    if opt.schedule not in ("cosine", "linear", "constant", "wsd"):
+        raise StartupError(f"optimizer.schedule={opt.schedule!r}: cosine, linear, constant or wsd")
+    if m.recompute not in (None, "selective", "full"):
+        raise StartupError(f"model.recompute={m.recompute!r}: null, 'selective' or 'full'")
+    info = {"dp": dp, "grad_accum": d.global_batch_size // (d.micro_batch_size * dp)}
+    if not hardware:
+        return info
     cuda, te = torch.cuda.is_available(), transformer_engine_available()
     if m.fp8 is not None:
-        if m.fp8 not in ("hybrid", "e4m3"):
-            raise StartupError(f"model.fp8={m.fp8!r}: choose 'hybrid' or 'e4m3' (or null)")
         if not (cuda and te):
             raise StartupError(
                 f"model.fp8={m.fp8!r} needs a CUDA GPU with TransformerEngine "
                 f"(CUDA available: {cuda}, TransformerEngine usable: {te})"
             )
-        if m.fp8_recipe not in ("delayed", "tensorwise"):
-            raise StartupError(f"model.fp8_recipe={m.fp8_recipe!r}: 'delayed' or 'tensorwise'")
     if m.transformer_engine and not te:
         raise StartupError("model.transformer_engine=true but TransformerEngine/CUDA is not usable")
     if p.context_parallel > 1 and not te:
@@ -126,21 +141,14 @@ def check_startup(cfg: JobConfig, arch: LlamaArch, world_size: int) -> dict[str,
             f"parallel.context_parallel={p.context_parallel} needs TransformerEngine attention "
             "on GPUs; megatron-core's local attention has no context parallelism"
         )
-    opt = cfg.optimizer
     if (opt.overlap_grad_reduce or opt.overlap_param_gather) and not cuda:
         raise StartupError("optimizer.overlap_grad_reduce/overlap_param_gather need CUDA streams")
-    if opt.overlap_param_gather and not opt.use_distributed_optimizer:
-        raise StartupError("optimizer.overlap_param_gather needs use_distributed_optimizer=true")
-    if opt.schedule not in ("cosine", "linear", "constant", "wsd"):
-        raise StartupError(f"optimizer.schedule={opt.schedule!r}: cosine, linear, constant or wsd")
-    if m.recompute not in (None, "selective", "full"):
-        raise StartupError(f"model.recompute={m.recompute!r}: null, 'selective' or 'full'")
     if d.document_attention and (te if m.transformer_engine is None else m.transformer_engine):
         raise StartupError(
             "data.document_attention uses an explicit attention mask, which the "
             "TransformerEngine spec does not take; set model.transformer_engine=false"
         )
-    return {"dp": dp, "grad_accum": d.global_batch_size // (d.micro_batch_size * dp)}
+    return info
 
 
 def transformer_config(cfg: JobConfig, arch: LlamaArch):

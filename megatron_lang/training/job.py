@@ -27,7 +27,7 @@ def describe(cfg: JobConfig, world_size: int) -> str:
         StartupError / ParallelConfigError: the layout or batch does not divide.
     """
     src = build.resolve_model(cfg)
-    info = build.check_startup(cfg, src.arch, world_size)
+    info = build.check_startup(cfg, src.arch, world_size, hardware=False)
     d, a = cfg.data, src.arch
     lines = [
         dump_yaml(cfg).rstrip(),

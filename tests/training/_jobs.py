@@ -52,3 +52,38 @@ def make_start_checkpoint(blend: dict[str, str], out: str) -> None:
         save_metadata(path, CheckpointMetadata(src.arch, src.padded_vocab), blend["tokenizer"])
 
     save_model_weights(out, chunks, meta)
+
+
+def train_with_nan_steps(overrides: list[str], nan_steps: list[int], micro_per_step: int):
+    """Train while the loss of the given steps is made NaN; return history or the halt error."""
+    import math
+
+    from megatron_lang.training import step as step_mod
+    from megatron_lang.training.trainer import TrainingHalted
+
+    original, calls = step_mod.loss_func, []
+
+    def poisoned(loss_mask, dataset_id, n_sources, output):
+        calls.append(1)
+        if (len(calls) - 1) // micro_per_step + 1 in nan_steps:
+            output = output * math.nan
+        return original(loss_mask, dataset_id, n_sources, output)
+
+    step_mod.loss_func = poisoned
+    try:
+        return train(overrides)
+    except TrainingHalted as e:
+        return str(e)
+
+
+def document_batches(overrides: list[str]) -> dict:
+    """Build the training data with document attention; report on the first micro-batch."""
+    from megatron_lang.training import build, data
+    from megatron_lang.platform import initialize_model_parallel
+
+    cfg = load_job_config(None, overrides)
+    src = build.resolve_model(cfg)
+    initialize_model_parallel(cfg.parallel)
+    td = data.build_train_data(cfg, src.tokenizer_dir, 0)
+    samples = [td.train[i] for i in range(64)]
+    return {"batch": data.collate(samples), "eod": td.eod_id}

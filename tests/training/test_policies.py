@@ -1,0 +1,52 @@
+"""Non-finite losses skip the step (and halt past the limit); document-boundary attention."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tests._distributed import run_distributed
+from tests.training import _jobs
+
+pytestmark = pytest.mark.distributed
+
+
+def test_nan_loss_skips_the_step_and_training_goes_on(tiny_blend):
+    args = _jobs.base_overrides(tiny_blend, **{"train.steps": 6})
+    history = run_distributed(_jobs.train_with_nan_steps, 1, args, [3], 4)[0]
+    train = [h for h in history if "loss" in h]
+    assert [h["step"] for h in train] == [1, 2, 3, 4, 5, 6]
+    assert math.isnan(train[2]["loss"]) and "grad_norm" not in train[2]
+    assert [h["skipped_steps"] for h in train] == [0, 0, 1, 1, 1, 1]
+    assert all(math.isfinite(h["loss"]) for h in train[3:])
+    # the skipped step did not advance the learning-rate schedule
+    assert train[2]["lr"] == train[1]["lr"] != train[3]["lr"]
+
+
+def test_too_many_nan_steps_halt_the_run(tiny_blend):
+    args = _jobs.base_overrides(tiny_blend, **{"train.steps": 6, "train.max_skipped_steps": 1})
+    result = run_distributed(_jobs.train_with_nan_steps, 1, args, [2, 4], 4)[0]
+    assert result == "2 steps skipped for non-finite losses (train.max_skipped_steps=1)"
+
+
+def test_document_attention_masks_across_documents_and_resets_positions(tiny_blend):
+    args = _jobs.base_overrides(tiny_blend, **{"data.document_attention": True})
+    out = run_distributed(_jobs.document_batches, 1, args)[0]
+    b, eod = out["batch"], out["eod"]
+    inner = [
+        (i, int(e))
+        for i in range(len(b["tokens"]))
+        for e in (b["tokens"][i][:-1] == eod).nonzero().flatten()
+    ]
+    assert inner, "some sample should contain a document boundary"
+    i, e = inner[0]
+    tokens, pos, mask = b["tokens"][i], b["position_ids"][i], b["attention_mask"][i, 0]
+    assert pos[e + 1] == 0 and pos[e] == e  # positions restart after the EOD
+    # mask True = blocked: the token after the boundary cannot see the previous document
+    assert mask[e + 1, : e + 1].all() and not mask[e + 1, e + 1]
+    assert not mask[e, : e + 1].any()  # inside the first document: plain causal
+    assert torch.equal(mask[: e + 1, : e + 1], torch.ones(e + 1, e + 1, dtype=torch.bool).triu(1))
+    history = run_distributed(_jobs.train, 1, args + ["train.steps=3"])[0]
+    assert all(math.isfinite(h["loss"]) for h in history if "loss" in h)
