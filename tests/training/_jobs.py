@@ -78,8 +78,8 @@ def train_with_nan_steps(overrides: list[str], nan_steps: list[int], micro_per_s
 
 def document_batches(overrides: list[str]) -> dict:
     """Build the training data with document attention; report on the first micro-batch."""
-    from megatron_lang.training import build, data
     from megatron_lang.platform import initialize_model_parallel
+    from megatron_lang.training import build, data
 
     cfg = load_job_config(None, overrides)
     src = build.resolve_model(cfg)

@@ -42,7 +42,7 @@ def test_document_attention_masks_across_documents_and_resets_positions(tiny_ble
     ]
     assert inner, "some sample should contain a document boundary"
     i, e = inner[0]
-    tokens, pos, mask = b["tokens"][i], b["position_ids"][i], b["attention_mask"][i, 0]
+    pos, mask = b["position_ids"][i], b["attention_mask"][i, 0]
     assert pos[e + 1] == 0 and pos[e] == e  # positions restart after the EOD
     # mask True = blocked: the token after the boundary cannot see the previous document
     assert mask[e + 1, : e + 1].all() and not mask[e + 1, e + 1]
