@@ -86,9 +86,13 @@ def read_texts(corpus: Path, max_bytes: int) -> tuple[list[str], int]:
     return texts, size
 
 
+CPU: list[float] = [0.0]  # CPU seconds of the last timed() call
+
+
 def timed(fn) -> tuple[float, object]:
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     result = fn()
+    CPU[0] = time.process_time() - cpu
     return time.perf_counter() - start, result
 
 
@@ -137,6 +141,7 @@ def ours(corpus: Path, tokenizer: str, workers: int, out: Path, label: str) -> d
         s["tokens"],
         s["input_bytes"],
         s["seconds"],
+        s["cpu_seconds"],
     )
     r["rss_mb"] = f"{s['peak_rss_mb']['main']:.0f} / {s['peak_rss_mb']['largest_worker']:.0f}"
     r["after_setup"] = s["tokens_per_second_after_setup"] / 1e6
@@ -144,11 +149,13 @@ def ours(corpus: Path, tokenizer: str, workers: int, out: Path, label: str) -> d
     return r
 
 
-def row(name: str, tokens: int, nbytes: int, seconds: float) -> dict:
+def row(name: str, tokens: int, nbytes: int, seconds: float, cpu: float | None = None) -> dict:
+    cpu = CPU[0] if cpu is None else cpu
     return {
         "name": name,
         "tokens": tokens,
         "mtok_s": tokens / seconds / 1e6,
+        "mtok_cpu_s": tokens / max(cpu, 1e-9) / 1e6,
         "mb_s": nbytes / seconds / 1e6,
         "seconds": seconds,
         "rss_mb": "",
@@ -158,13 +165,13 @@ def row(name: str, tokens: int, nbytes: int, seconds: float) -> dict:
 
 def print_table(rows: list[dict]) -> None:
     print(
-        f"{'measurement':<58} {'tokens':>10} {'Mtok/s':>7} {'MB/s':>6} {'s':>6}  "
-        "peak RSS MB main/worker"
+        f"{'measurement':<58} {'tokens':>10} {'Mtok/s':>7} {'MB/s':>6} {'s':>6} "
+        f"{'Mtok/CPU-s':>10}  peak RSS MB main/worker"
     )
     for r in rows:
         print(
             f"{r['name']:<58} {r['tokens']:>10} {r['mtok_s']:>7.2f} {r['mb_s']:>6.1f} "
-            f"{r['seconds']:>6.1f}  {r['rss_mb']:<12} {r['note']}"
+            f"{r['seconds']:>6.1f} {r['mtok_cpu_s']:>10.2f}  {r['rss_mb']:<12} {r['note']}"
         )
 
 
@@ -180,7 +187,9 @@ def print_ratios(rows: list[dict]) -> None:
             f"ours {workers} worker(s): {r['mtok_s'] / (hf * workers):.1f}x Megatron-LM proxy "
             f"(raw HF per document x {workers} workers), "
             f"{100 * r['mtok_s'] / giga:.0f}% of raw gigatoken "
-            f"({100 * r['after_setup'] / giga:.0f}% after set-up)"
+            f"({100 * r['after_setup'] / giga:.0f}% after set-up); per CPU-second "
+            f"{100 * r['mtok_cpu_s'] / by['raw gigatoken encode_batch, 1 thread']['mtok_cpu_s']:.0f}%"
+            " of raw gigatoken 1 thread"
         )
 
 

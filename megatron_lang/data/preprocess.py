@@ -147,6 +147,13 @@ class ChunkResult:
     peak_rss_mb: float = 0.0  # of the process that made it
 
 
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and its finished children (workers)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process in MB.
 
@@ -319,7 +326,7 @@ def preprocess(config: PreprocessConfig) -> dict:
         raise PreprocessError(f"--on-error must be one of {ON_ERROR}, not {config.on_error!r}")
     if not config.json_keys or len(set(config.json_keys)) != len(config.json_keys):
         raise PreprocessError(f"--json-keys must be distinct and non-empty: {config.json_keys}")
-    start = time.time()
+    start, cpu_start = time.time(), cpu_seconds()
     files = readers.expand_inputs(config.inputs)
     sample = _sample_texts(files, config.json_keys, 64, 1_000_000)
     tok, spec, reason = load_tokenizer(
@@ -421,6 +428,7 @@ def preprocess(config: PreprocessConfig) -> dict:
             "punkt_params": punkt_path,
             "seconds": round(seconds, 3),
             "setup_seconds": round(setup_seconds, 3),
+            "cpu_seconds": round(cpu_seconds() - cpu_start, 3),
             "tokens_per_second_after_setup": round(
                 totals["tokens"] / max(seconds - setup_seconds, 1e-9), 1
             ),
