@@ -161,3 +161,28 @@ def test_no_eod_token_is_an_error(tmp_path, gimp_jsonl, bpe_tokenizer):
     bare.write_text(json.dumps(data))
     with pytest.raises(PreprocessError, match="no EOD token"):
         run(tmp_path, [gimp_jsonl], bare, append_eod=True, backend="hf")
+
+
+def test_mixed_formats_in_one_run(tmp_path, gimp_jsonl, gimp_texts, bpe_tokenizer):
+    """gz + zst + parquet + a folder of .txt (+ an empty file) in one run, in input order."""
+    import gzip
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import zstandard
+
+    lines = gimp_jsonl.read_bytes().splitlines(keepends=True)
+    (tmp_path / "a.jsonl.gz").write_bytes(gzip.compress(b"".join(lines[:10])))
+    (tmp_path / "b.jsonl.zst").write_bytes(zstandard.compress(b"".join(lines[10:20])))
+    pq.write_table(pa.table({"text": gimp_texts[20:30]}), tmp_path / "c.parquet")
+    (tmp_path / "empty.jsonl").write_bytes(b"")
+    txt = tmp_path / "txt"
+    txt.mkdir()
+    for i, text in enumerate(gimp_texts[30:40]):
+        (txt / f"{i:02d}.txt").write_text(text)
+    inputs = ["a.jsonl.gz", "b.jsonl.zst", "c.parquet", "empty.jsonl", "txt"]
+    summary, config = run(tmp_path, [tmp_path / p for p in inputs], bpe_tokenizer, name="mixed")
+    assert summary["documents"] == 40 and summary["skipped_total"] == 0
+    tok, _, _ = load_tokenizer(bpe_tokenizer, backend="hf")
+    reader = IndexedDatasetReader(config.dataset_prefix("text"))
+    assert [tok.decode(reader.document(d)) for d in range(40)] == gimp_texts[:40]
