@@ -82,6 +82,7 @@ class Chunk:
     payload: Any
     input_bytes: int  # uncompressed bytes of input this chunk covers
     oversized: dict[int, int] = field(default_factory=dict)  # line -> size, dropped lines
+    newlines: int = -1  # newline characters in a JSONL payload, when counted already
 
 
 def _has_suffix(path: Path, suffixes: tuple[str, ...]) -> bool:
@@ -152,8 +153,9 @@ def _jsonl_chunks(path: Path, chunk_bytes: int, max_document_bytes: int) -> Iter
                 continue
             if cut:
                 data = buf[:cut]
-                yield Chunk(source, "jsonl", line_no, data, len(data))
-                line_no += data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
+                newlines = data.count(b"\n")
+                yield Chunk(source, "jsonl", line_no, data, len(data), newlines=newlines)
+                line_no += newlines + (0 if data.endswith(b"\n") else 1)
             pending = buf[cut:]
             if eof:
                 return
@@ -301,7 +303,8 @@ def _parse_jsonl_arrow(
     data: bytes = chunk.payload
     if chunk.oversized or not data:
         return None
-    n_lines = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
+    newlines = chunk.newlines if chunk.newlines >= 0 else data.count(b"\n")
+    n_lines = newlines + (0 if data.endswith(b"\n") else 1)
     if limit and len(data) > limit:  # only then can a line be over the limit
         newlines = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
         ends = np.append(newlines, len(data))
@@ -327,7 +330,8 @@ def _parse_jsonl_arrow(
             col.validate(full=True)  # the JSON reader does not check UTF-8 by itself
             if col.null_count:
                 return None
-            blank = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(col)), 0)
+            # empty, or only whitespace (same characters as Python's str.strip())
+            blank = pc.or_(pc.equal(pc.binary_length(col), 0), pc.utf8_is_space(col))
             if pc.any(blank).as_py():
                 return None
             columns.append(col if keep_arrow else col.to_pylist())
@@ -373,7 +377,7 @@ def parse_chunk(
         if parsed is not None:
             return parsed
     if chunk.kind == "jsonl":
-        complete_lines = chunk.payload.count(b"\n")
+        complete_lines = chunk.newlines if chunk.newlines >= 0 else chunk.payload.count(b"\n")
         for offset, line in enumerate(chunk.payload.split(b"\n")):
             line_no = chunk.first_line + offset
             if line_no in chunk.oversized or (limit and len(line) > limit):
