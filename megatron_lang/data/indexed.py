@@ -119,8 +119,8 @@ class IndexedDatasetWriter:
             raise ValueError("sequence lengths do not add up to the number of tokens")
         if int(per_doc.sum()) != len(sequence_lengths):
             raise ValueError("sequences per document do not add up to the number of sequences")
-        self._bin.write(np.asarray(tokens).astype(self.dtype, copy=False).tobytes())
-        self._len.write(sequence_lengths.tobytes())
+        self._bin.write(np.ascontiguousarray(tokens, dtype=self.dtype).data)
+        self._len.write(np.ascontiguousarray(sequence_lengths).data)
         ends = self.sequences + np.cumsum(per_doc)
         self._doc.write(ends.astype(np.int64).tobytes())
         self.sequences += len(sequence_lengths)
