@@ -154,12 +154,20 @@ def hf_to_megatron(
 
         def produce(name: str) -> torch.Tensor:
             conv = by_name[name]
-            t = conv.to_megatron([src.get(n) for n in conv.hf], arch)
-            if conv.rule.vocab_rows:
-                if remap is not None:
-                    t = remap.apply(t, conv.hf[0])
-                t = torch.cat([t, t.new_zeros((padded - t.shape[0], t.shape[1]))])
-            return t.to(dtype).contiguous()
+            if conv.rule.vocab_rows and remap is not None:
+                t = remap.apply(conv.to_megatron([src.get(n) for n in conv.hf], arch), conv.hf[0])
+                return torch.cat([t, t.new_zeros((padded - t.shape[0], t.shape[1]))]).to(dtype)
+            out = (torch.zeros if conv.rule.vocab_rows else torch.empty)(
+                specs[name][0], dtype=dtype
+            )
+            body = out[: arch.vocab_size] if conv.rule.vocab_rows else out  # padding rows stay 0
+            views = conv.rule.transform.hf_views(body, arch)
+            if views is None:  # a real transform (QKV grouping): it makes the tensor
+                del out, body
+                return conv.to_megatron([src.get(n) for n in conv.hf], arch).to(dtype).contiguous()
+            for n, view in zip(conv.hf, views):  # read straight into place: no extra copy
+                src.read_into(n, view)
+            return out
 
         with atomic_output_dir(out_dir, overwrite) as tmp:
             save_checkpoint_streamed(specs, produce, tmp, arch.num_layers)

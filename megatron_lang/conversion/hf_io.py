@@ -39,6 +39,10 @@ class HFSource:
         """One tensor (a fresh copy the caller owns)."""
         raise NotImplementedError
 
+    def read_into(self, name: str, out: torch.Tensor) -> None:
+        """Read a tensor into ``out`` (same shape; contiguous), converting the dtype if needed."""
+        out.copy_(self.get(name))
+
     def meta(self, name: str) -> tuple[tuple[int, ...], torch.dtype]:
         """Shape and dtype of a tensor, without reading its data."""
         raise NotImplementedError
@@ -53,35 +57,60 @@ def _read_generation_config(d: Path) -> dict[str, Any] | None:
 
 
 class SafetensorsSource(HFSource):
-    """A directory with ``config.json`` and ``*.safetensors`` files."""
+    """A directory with ``config.json`` and ``*.safetensors`` files.
+
+    Tensors are read with plain positioned reads into freshly allocated
+    tensors (the safetensors layout is a JSON header followed by raw bytes), not
+    through a memory map: mapped pages would stay resident and count towards
+    the converter's memory until the file is closed.
+    """
 
     def __init__(self, path: Path, config: Any):
-        from safetensors import safe_open
-
         self.config = config
         self.tokenizer_dir = path
         self.generation_config = _read_generation_config(path)
-        self._handles = {}
-        self._where: dict[str, Any] = {}
-        for f in sorted(path.glob("*.safetensors")):
-            h = safe_open(str(f), framework="pt")
-            self._handles[f.name] = h
-            for k in h.keys():
-                self._where[k] = h
+        self._files: list[Path] = sorted(path.glob("*.safetensors"))
+        self._where: dict[str, tuple[Path, int, dict[str, Any]]] = {}
+        for f in self._files:
+            with open(f, "rb") as fh:
+                (hlen,) = struct.unpack("<Q", fh.read(8))
+                header = json.loads(fh.read(hlen))
+            header.pop("__metadata__", None)
+            for k, info in header.items():
+                self._where[k] = (f, 8 + hlen, info)
 
     def keys(self) -> set[str]:
         return set(self._where)
 
-    def get(self, name: str) -> torch.Tensor:
-        return self._where[name].get_tensor(name)
-
     def meta(self, name: str) -> tuple[tuple[int, ...], torch.dtype]:
-        sl = self._where[name].get_slice(name)
-        return tuple(sl.get_shape()), _FROM_ST_DTYPES[sl.get_dtype()]
+        _, _, info = self._where[name]
+        if info["dtype"] not in _FROM_ST_DTYPES:
+            raise ConversionError(f"tensor {name!r}: unsupported safetensors dtype {info['dtype']}")
+        return tuple(info["shape"]), _FROM_ST_DTYPES[info["dtype"]]
 
-    def bytes_read(self) -> int:
-        """Size of the tensor files (all are read once during conversion)."""
-        return sum(os.path.getsize(Path(self.tokenizer_dir) / n) for n in self._handles)
+    def get(self, name: str) -> torch.Tensor:
+        shape, dtype = self.meta(name)
+        out = torch.empty(shape, dtype=dtype)
+        self.read_into(name, out)
+        return out
+
+    def read_into(self, name: str, out: torch.Tensor) -> None:
+        path, base, info = self._where[name]
+        shape, dtype = self.meta(name)
+        if out.dtype != dtype or not out.is_contiguous():
+            out.copy_(self.get(name))
+            return
+        begin, end = info["data_offsets"]
+        buf = memoryview(out.reshape(-1).view(torch.uint8).numpy())
+        if buf.nbytes != end - begin:
+            raise ConversionError(
+                f"tensor {name!r}: {end - begin} bytes in {path.name}, expected {buf.nbytes} "
+                f"for shape {shape} {dtype}"
+            )
+        with open(path, "rb") as fh:
+            fh.seek(base + begin)
+            if fh.readinto(buf) != buf.nbytes:
+                raise ConversionError(f"tensor {name!r}: {path.name} is truncated")
 
 
 class BinSource(HFSource):
@@ -231,9 +260,15 @@ class StreamingSafetensorsWriter:
         self.bytes_written = 0
         self.total_size = sum(_numel(s) * d.itemsize for _, s, d in plan)
 
-    def _open(self, i: int) -> None:
+    def _finish_file(self) -> None:
         if self._fh is not None:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
             self._fh.close()
+            self._fh = None
+
+    def _open(self, i: int) -> None:
+        self._finish_file()
         header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
         off = 0
         for name, shape, dtype in self._shards[i]:
@@ -271,9 +306,7 @@ class StreamingSafetensorsWriter:
         if self._pos != len(self._order):
             missing = self._order[self._pos][1]
             raise ConversionError(f"tensor {missing!r} was never written")
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+        self._finish_file()
         if len(self._files) > 1:
             weight_map = {name: self._files[i] for i, name, _, _ in self._order}
             index = {"metadata": {"total_size": self.total_size}, "weight_map": weight_map}

@@ -44,6 +44,11 @@ class Transform:
         """The rule's HF tensors from the megatron tensor."""
         raise NotImplementedError
 
+    def hf_views(self, meg: torch.Tensor, arch: LlamaArch) -> list[torch.Tensor] | None:
+        """Contiguous views of ``meg`` that the HF tensors can be read into directly (no copy),
+        or None when the layout needs a real transform."""
+        return None
+
 
 class Identity(Transform):
     """Same tensor on both sides."""
@@ -52,6 +57,9 @@ class Identity(Transform):
         return hf[0]
 
     def to_hf(self, meg: torch.Tensor, arch: LlamaArch) -> list[torch.Tensor]:
+        return [meg]
+
+    def hf_views(self, meg: torch.Tensor, arch: LlamaArch) -> list[torch.Tensor] | None:
         return [meg]
 
 
@@ -96,6 +104,9 @@ class FuseGateUp(Transform):
 
     def to_hf(self, meg: torch.Tensor, arch: LlamaArch) -> list[torch.Tensor]:
         return [t.contiguous() for t in torch.chunk(meg, 2, dim=0)]
+
+    def hf_views(self, meg: torch.Tensor, arch: LlamaArch) -> list[torch.Tensor] | None:
+        return list(torch.chunk(meg, 2, dim=0))  # row blocks of a contiguous tensor
 
 
 IDENTITY = Identity()

@@ -18,6 +18,7 @@ The checkpoint holds exactly the keys and global shapes that
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -31,6 +32,14 @@ CKPT_NAMES = {
     "pre_mlp_layernorm.weight": "mlp.linear_fc1.layer_norm_weight",
 }
 """Layer-local megatron names whose checkpoint key is TransformerEngine's."""
+
+MEGATRON_CHECKPOINT_CONFIG = {
+    "sharded_backend": "torch_dist",
+    "sharded_backend_version": 1,
+    "common_backend": "torch",
+    "common_backend_version": 1,
+}
+"""megatron-core's ``metadata.json`` for a torch_dist checkpoint."""
 
 
 def checkpoint_key(name: str) -> tuple[str, int | None]:
@@ -55,19 +64,24 @@ def sharded_tensor(name: str, data: torch.Tensor, num_layers: int):
 
 
 @contextlib.contextmanager
-def single_process_group() -> Iterator[None]:
-    """A one-rank gloo process group when none exists (torch_dist needs one)."""
+def single_process_group(megatron_on_cpu: bool = False) -> Iterator[None]:
+    """A one-rank gloo process group when none exists (torch_dist needs one).
+
+    Args:
+        megatron_on_cpu: also enable megatron_lang's CPU support for megatron-core
+            (needed to build models, not to read or write checkpoints).
+    """
     import torch.distributed as dist
 
+    if megatron_on_cpu and not torch.cuda.is_available():
+        from megatron_lang.platform import cpu_support
+
+        cpu_support.enable()
     if dist.is_initialized():
         yield
         return
     import socket
 
-    from megatron_lang.platform import cpu_support
-
-    if not torch.cuda.is_available():
-        cpu_support.enable()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -109,7 +123,6 @@ def save_checkpoint_streamed(
     and ``common.pt``.
     """
     import torch.distributed.checkpoint as dcp
-    from megatron.core.dist_checkpointing.core import CheckpointingConfig, save_config
     from torch.distributed._shard.sharded_tensor import Shard, ShardedTensor, ShardMetadata
     from torch.distributed._shard.sharded_tensor.metadata import (
         ShardedTensorMetadata,
@@ -149,8 +162,10 @@ def save_checkpoint_streamed(
             state[key] = ShardedTensor._init_from_local_shards_and_global_metadata(shards, meta)
         writer = dcp.FileSystemWriter(str(ckpt_dir), single_file_per_rank=True, thread_count=1)
         dcp.save(state, storage_writer=writer, planner=_StreamingSavePlanner(where, specs, produce))
-    save_config(CheckpointingConfig("torch_dist"), str(ckpt_dir))
-    torch.save({}, Path(ckpt_dir) / "common.pt")
+    # what megatron-core's save_config(CheckpointingConfig("torch_dist")) writes; written
+    # here so that conversion does not import megatron-core
+    (Path(ckpt_dir) / "metadata.json").write_text(json.dumps(MEGATRON_CHECKPOINT_CONFIG))
+    torch.save({}, Path(ckpt_dir) / "common.pt")  # the (empty) common state dict
 
 
 class _StreamingSavePlanner:

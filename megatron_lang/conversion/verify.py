@@ -108,7 +108,7 @@ def _megatron_outputs(ckpt_dir: str | os.PathLike, ids: torch.Tensor) -> tuple[t
 
     meta = load_metadata(ckpt_dir)
     a = meta.arch
-    with single_process_group():
+    with single_process_group(megatron_on_cpu=True):
         initialize_model_parallel(
             ParallelLayout(),
             num_layers=a.num_layers,
