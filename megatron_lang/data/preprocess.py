@@ -123,6 +123,8 @@ def _init_worker(
     tokenizer: TextTokenizer | None = None,
 ) -> None:
     global _STATE
+    if tokenizer is None:  # a worker process: one core each, no thread pool per worker
+        os.environ.setdefault("RAYON_NUM_THREADS", "1")
     splitter = None
     if punkt is not None:
         from megatron_lang.data.sentences import SentenceSplitter, params_from_dict
