@@ -97,3 +97,22 @@ def test_streamed_writer_matches_megatron_save(tiny_cases, tmp_path):
     assert all(torch.equal(back[n], tensors[n]) for n in names)
     config = json.loads((tmp_path / "ref" / "metadata.json").read_text())
     assert json.loads((case.ckpt_dir / "metadata.json").read_text()) == config
+
+
+@pytest.mark.unit
+def test_pytorch_bin_input(tiny_cases, tmp_path):
+    """A ``pytorch_model.bin`` directory converts to the same weights as the safetensors one."""
+    import shutil
+
+    from megatron_lang.conversion import hf_to_megatron
+
+    case = tiny_cases["llama3"]
+    (tmp_path / "bin").mkdir()
+    shutil.copy(case.hf_dir / "config.json", tmp_path / "bin")
+    torch.save(load_file(case.hf_dir / "model.safetensors"), tmp_path / "bin" / "pytorch_model.bin")
+    hf_to_megatron(tmp_path / "bin", tmp_path / "ckpt")
+    megatron_to_hf(tmp_path / "ckpt", tmp_path / "out")
+    before = load_file(case.hf_dir / "model.safetensors")
+    after = load_file(tmp_path / "out" / "model.safetensors")
+    assert sorted(before) == sorted(after)
+    assert all(torch.equal(before[k], after[k]) for k in before)
