@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from tests._distributed import run_distributed
 from tests.conversion._tiny import input_ids
@@ -10,9 +11,13 @@ from tests.conversion._tiny import input_ids
 LAYOUTS = {"tp1": (1, 1), "tp2": (2, 1), "pp2": (1, 2)}
 
 
-def _logits_on_ranks(ckpts: dict[str, str]) -> dict:
+RESAVE = {("tp2", "qwen2"), ("tp2", "nemo"), ("pp2", "llama2")}
+"""Loaded models that are saved again with megatron-core's own save (sharded like training)."""
+
+
+def _logits_on_ranks(ckpts: dict[str, str], resave_root: str) -> dict:
     """Per rank: {(layout, case): logits or None}, for every layout and checkpoint."""
-    from megatron.core import parallel_state
+    from megatron.core import dist_checkpointing, parallel_state
 
     from megatron_lang.checkpointing.metadata import load_metadata
     from megatron_lang.conversion.megatron_model import forward_logits, load_model
@@ -31,14 +36,33 @@ def _logits_on_ranks(ckpts: dict[str, str]) -> dict:
             set_seed(0)
             model, _ = load_model(ckpt)
             out[(layout, name)] = forward_logits(model, input_ids(), a.vocab_size)
+            if (layout, name) in RESAVE:
+                import shutil
+                from pathlib import Path
+
+                import torch.distributed as dist
+
+                target = Path(resave_root) / f"{layout}-{name}"
+                if dist.get_rank() == 0:
+                    shutil.copytree(
+                        ckpt, target, ignore=shutil.ignore_patterns("*.distcp", ".metadata")
+                    )
+                    (target / "metadata.json").unlink()
+                dist.barrier()
+                dist_checkpointing.save(model.sharded_state_dict(), str(target))
             parallel_state.destroy_model_parallel()
     return out
 
 
 @pytest.fixture(scope="module")
-def megatron_logits(tiny_cases):
+def resave_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("resaved")
+
+
+@pytest.fixture(scope="module")
+def megatron_logits(tiny_cases, resave_root):
     ckpts = {name: str(c.ckpt_dir) for name, c in tiny_cases.items()}
-    return run_distributed(_logits_on_ranks, 2, ckpts, timeout=240)
+    return run_distributed(_logits_on_ranks, 2, ckpts, str(resave_root), timeout=240)
 
 
 @pytest.mark.distributed
@@ -53,3 +77,27 @@ def test_megatron_logits_match_transformers(tiny_cases, megatron_logits, layout,
         diff = (logits - ref).abs().max().item()
         assert diff < 1e-4, f"{name} at {layout}: max abs logit diff {diff:.3e}"
     assert ref.abs().max() > 0.1  # logits are not trivially small
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("layout, name", sorted(RESAVE))
+def test_export_of_checkpoint_saved_sharded_by_megatron(
+    tiny_cases, megatron_logits, resave_root, tmp_path, layout, name
+):
+    """A checkpoint megatron-core saved from TP=2 / PP=2 ranks (as training does) exports
+    to the original HF weights, bit for bit."""
+    from safetensors.torch import load_file
+    from torch.distributed.checkpoint import FileSystemReader
+
+    from megatron_lang.conversion import megatron_to_hf
+
+    ckpt = resave_root / f"{layout}-{name}"
+    md = FileSystemReader(str(ckpt)).read_metadata().state_dict_metadata
+    chunks = md["decoder.layers.mlp.linear_fc1.weight"].chunks
+    assert len(chunks) == (8 if layout == "tp2" else 4)  # gate/up x TP ranks x layers
+    megatron_to_hf(ckpt, tmp_path / "hf")
+    before = load_file(tiny_cases[name].hf_dir / "model.safetensors")
+    after = load_file(tmp_path / "hf" / "model.safetensors")
+    assert sorted(before) == sorted(after)
+    for k in before:
+        assert torch.equal(before[k], after[k]), k
