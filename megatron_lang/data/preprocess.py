@@ -63,7 +63,7 @@ class PreprocessConfig:
     add_bos: bool = False
     """Prepend the BOS token to each document."""
     workers: int = 1
-    """Worker processes (1 = everything in this process)."""
+    """Worker processes (1 = everything in this process; 0 = one per available core)."""
     split_sentences: bool = False
     """One sequence per sentence (NLTK punkt trained on the corpus)."""
     punkt_params: str | None = None
@@ -328,6 +328,7 @@ def preprocess(config: PreprocessConfig) -> dict:
         raise PreprocessError(f"--on-error must be one of {ON_ERROR}, not {config.on_error!r}")
     if not config.json_keys or len(set(config.json_keys)) != len(config.json_keys):
         raise PreprocessError(f"--json-keys must be distinct and non-empty: {config.json_keys}")
+    workers = config.workers if config.workers > 0 else default_workers()
     start, cpu_start = time.time(), cpu_seconds()
     files = readers.expand_inputs(config.inputs)
     sample = _sample_texts(files, config.json_keys, 64, 1_000_000)
@@ -344,7 +345,6 @@ def preprocess(config: PreprocessConfig) -> dict:
     if config.split_sentences:
         punkt, punkt_path = _punkt_params(config, files)
     dtype = optimal_dtype(tok.vocab_size)
-    Path(config.output_prefix).parent.mkdir(parents=True, exist_ok=True)
 
     skipped: Counter = Counter()
     examples: list[str] = []
@@ -360,7 +360,7 @@ def preprocess(config: PreprocessConfig) -> dict:
         config.append_eod,
         config.add_bos,
         config.max_document_bytes,
-        tok if config.workers <= 1 else None,
+        tok if workers <= 1 else None,
     )
     writers = {}
     worker_rss = 0.0
@@ -371,7 +371,7 @@ def preprocess(config: PreprocessConfig) -> dict:
                 writer = IndexedDatasetWriter(config.dataset_prefix(key), dtype)
                 writers[key] = stack.enter_context(writer)
             setup_seconds = time.time() - start
-            results = _ordered_map(process_chunk, chunks, config.workers, _init_worker, initargs)
+            results = _ordered_map(process_chunk, chunks, workers, _init_worker, initargs)
             for result in results:
                 if result.errors:
                     if config.on_error == "fail":
@@ -387,7 +387,7 @@ def preprocess(config: PreprocessConfig) -> dict:
                 totals["input_bytes"] += result.input_bytes
                 totals["text_bytes"] += result.text_bytes
                 totals["blank_lines"] += result.blank_lines
-                if config.workers > 1:
+                if workers > 1:
                     worker_rss = max(worker_rss, result.peak_rss_mb)
                 bar.update(result.input_bytes)
                 elapsed = max(time.time() - start, 1e-9)
@@ -428,6 +428,7 @@ def preprocess(config: PreprocessConfig) -> dict:
             "backend_reason": reason,
             "dtype": np.dtype(dtype).name,
             "punkt_params": punkt_path,
+            "workers": workers,
             "seconds": round(seconds, 3),
             "setup_seconds": round(setup_seconds, 3),
             "cpu_seconds": round(cpu_seconds() - cpu_start, 3),

@@ -48,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--append-eod", action="store_true", help="append the EOD token to each document"
     )
     p.add_argument("--add-bos", action="store_true", help="prepend the BOS token to each document")
-    p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument(
+        "--workers", type=int, default=1, help="worker processes (default 1; 0 = one per core)"
+    )
     p.add_argument("--split-sentences", action="store_true", help="one sequence per sentence")
     p.add_argument(
         "--punkt-params", help="punkt parameter JSON: loaded if present, else saved there"
