@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from megatron_lang.platform import cpu_support
+
 
 @dataclass
 class LlamaArch:
@@ -116,6 +118,7 @@ def to_transformer_config(
     )
     if arch.sliding_window:
         kwargs["window_size"] = (arch.sliding_window - 1, 0)
+    kwargs.update(cpu_support.transformer_config_defaults())
     kwargs.update(overrides)
     return TransformerConfig(**kwargs)
 

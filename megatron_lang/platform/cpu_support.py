@@ -226,3 +226,19 @@ def enable() -> bool:
     _patch_megatron()
     _ENABLED = True
     return True
+
+
+def transformer_config_defaults() -> dict:
+    """TransformerConfig values the gloo backend needs (empty when CUDA is present).
+
+    ``batch_p2p_comm=False``: megatron-core's batched pipeline send/recv posts, for
+    every rank, ``send_prev, recv_prev, send_next, recv_next``. gloo matches
+    messages between two ranks by posting order, and with PP=2 the previous and
+    the next stage are the same rank, so an activation can land in the buffer of
+    a gradient of the same shape (seen with the interleaved schedule: wrong
+    outputs from the third micro-batch on). The unbatched path orders sends and
+    receives by even/odd rank, which gloo matches correctly.
+    """
+    if cuda_is_available():
+        return {}
+    return {"batch_p2p_comm": False}

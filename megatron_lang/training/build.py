@@ -141,6 +141,11 @@ def check_startup(
             f"parallel.context_parallel={p.context_parallel} needs TransformerEngine attention "
             "on GPUs; megatron-core's local attention has no context parallelism"
         )
+    if p.sequence_parallel and not (te or _apex_available()):
+        raise StartupError(
+            "parallel.sequence_parallel needs TransformerEngine or Apex norms on GPUs; "
+            "megatron-core's torch norm has no sequence parallelism"
+        )
     if (opt.overlap_grad_reduce or opt.overlap_param_gather) and not cuda:
         raise StartupError("optimizer.overlap_grad_reduce/overlap_param_gather need CUDA streams")
     if d.document_attention and (te if m.transformer_engine is None else m.transformer_engine):
@@ -149,6 +154,14 @@ def check_startup(
             "TransformerEngine spec does not take; set model.transformer_engine=false"
         )
     return info
+
+
+def _apex_available() -> bool:
+    try:
+        import apex  # noqa: F401
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
 
 
 def transformer_config(cfg: JobConfig, arch: LlamaArch):

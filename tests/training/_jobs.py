@@ -35,14 +35,14 @@ def train(overrides: list[str]) -> list[dict]:
     return history
 
 
-def make_start_checkpoint(blend: dict[str, str], out: str) -> None:
+def make_start_checkpoint(blend: dict[str, str], out: str, *overrides: str) -> None:
     """Random tiny-llama weights saved at TP=1 as a start point (like a converted HF model)."""
     from megatron_lang.checkpointing.checkpoint import save_model_weights
     from megatron_lang.checkpointing.metadata import CheckpointMetadata, save_metadata
     from megatron_lang.platform import initialize_model_parallel, set_seed
     from megatron_lang.training import build
 
-    cfg = load_job_config(None, base_overrides(blend))
+    cfg = load_job_config(None, base_overrides(blend) + list(overrides))
     src = build.resolve_model(cfg)
     initialize_model_parallel(cfg.parallel)
     set_seed(cfg.train.seed)

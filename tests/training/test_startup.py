@@ -27,12 +27,15 @@ def _check(*overrides, world=1, hardware=True):
         ("model.fp8=hybrid", "model.fp8='hybrid' needs a CUDA GPU with TransformerEngine"),
         ("model.transformer_engine=true", "model.transformer_engine=true but TransformerEngine"),
         ("optimizer.overlap_grad_reduce=true", "need CUDA streams"),
+        ("parallel.sequence_parallel=true", "sequence_parallel needs TransformerEngine or Apex"),
     ],
 )
 def test_gpu_only_options_fail_on_cpu(override, message):
+    extra = ["parallel.tensor_parallel=2"] if "sequence" in override else []
+    world = 2 if extra else 1
     with pytest.raises(StartupError, match=message):
-        _check(override)
-    _check(override, hardware=False)  # a dry run on a login node accepts them
+        _check(override, *extra, world=world)
+    _check(override, *extra, world=world, hardware=False)  # a dry run accepts them
 
 
 def test_context_parallel_needs_transformer_engine():
