@@ -13,9 +13,9 @@ from setuptools import find_packages, setup
 # Exact tested versions: requirements/constraints.txt.
 HERE = Path(__file__).resolve().parent
 INSTALL_REQUIRES = [
-    line.strip()
+    req
     for line in (HERE / "requirements" / "base.txt").read_text().splitlines()
-    if line.strip() and not line.startswith("#")
+    if (req := line.split("#", 1)[0].strip())
 ]
 
 EXTRAS_REQUIRE = {

@@ -38,14 +38,18 @@ class _RankFilter(logging.Filter):
 
 
 def current_rank() -> int:
-    """Global rank of this process (0 when torch.distributed is not initialised)."""
-    try:
-        import torch.distributed as dist
+    """Global rank of this process (the launcher's rank when torch.distributed is not up).
 
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_rank()
-    except Exception:  # pragma: no cover - torch missing or broken
-        pass
+    torch is never imported here: processes that do not use it (data workers)
+    stay light.
+    """
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None:
+        try:
+            if dist.is_available() and dist.is_initialized():
+                return dist.get_rank()
+        except Exception:  # pragma: no cover - torch half-imported or broken
+            pass
     return _env_rank()
 
 
