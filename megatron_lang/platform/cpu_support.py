@@ -145,6 +145,13 @@ class _NullStream:
 
 
 def _patch_torch() -> None:
+    # torch caches, on first use, the factory functions that `with torch.device(...)`
+    # redirects. Fill that cache with the real functions before wrapping them, or
+    # the context stops applying to them (transformers' from_pretrained then leaves
+    # non-persistent buffers such as RoPE inv_freq uninitialised).
+    import torch.utils._device
+
+    torch.utils._device._device_constructors()
     for name in _FACTORIES:
         fn = getattr(torch, name, None)
         if fn is not None and not getattr(fn, "__megatron_lang_cpu__", False):

@@ -127,3 +127,20 @@ def test_is_cuda_device():
     assert not cpu_support._is_cuda_device("cpu")
     assert not cpu_support._is_cuda_device(None)
     assert not cpu_support._is_cuda_device(True)
+
+
+@needs_cpu
+def test_torch_device_context_still_redirects_the_real_factories():
+    """transformers builds models under ``with torch.device("meta")``; that must keep working."""
+    out = _run(
+        """
+        import torch
+        from megatron_lang.platform import cpu_support
+        cpu_support.enable()
+        with torch.device("meta"):
+            t = torch.tensor([1.0])
+            z = torch.zeros(2)
+        print(t.device, z.device)
+        """
+    )
+    assert out == "meta meta"
