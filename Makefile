@@ -1,6 +1,8 @@
 # megatron_lang: install, test, checks.
 #   make install   create .venv, install the pinned dependencies, build the C++ extension
 #   make test      install if needed, then run the whole test suite
+#   make quickstart  the whole workflow on CPU: SmolLM2-135M -> Danish CPT -> HF export
+#   make bench     the CPU benchmarks (preprocessing, conversion, trainer overhead)
 #   make checks    ruff lint + format check
 #   make clean     remove build outputs (keeps .venv); `make distclean` removes .venv too
 
@@ -12,7 +14,7 @@ STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install test checks format clean distclean
+.PHONY: install test quickstart bench checks format clean distclean
 
 install: $(STAMP)
 
@@ -35,6 +37,14 @@ test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
+quickstart: $(STAMP)
+	PYTHON=$(PY) examples/cpu_quickstart.sh
+
+bench: $(STAMP)
+	$(PY) bench/train_overhead.py
+	$(PY) bench/preprocess.py
+	$(PY) bench/convert.py --layers 4
+
 checks: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
@@ -44,7 +54,7 @@ format: $(STAMP)
 	$(PY) -m ruff check --fix .
 
 clean:
-	rm -rf build *.egg-info megatron_lang/_C*.so .pytest_cache .ruff_cache
+	rm -rf build *.egg-info megatron_lang/_C*.so .pytest_cache .ruff_cache runs/quickstart
 	find . -name __pycache__ -not -path "./$(VENV)/*" -prune -exec rm -rf {} +
 
 distclean: clean
