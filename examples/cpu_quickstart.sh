@@ -45,8 +45,9 @@ rows = [json.loads(x) for x in (work / "metrics.jsonl").read_text().splitlines()
 train = [r for r in rows if "loss" in r]
 valid = [r for r in rows if any(k.startswith("valid/") for k in r)]
 print(f"training loss: step {train[0]['step']} {train[0]['loss']:.3f} -> step {train[-1]['step']} {train[-1]['loss']:.3f}")
-if valid:
-    print("validation:", ", ".join(f"{k[6:]} {v:.3f}" for k, v in valid[-1].items() if k.endswith("/loss")))
+for r in (valid[0], valid[-1]) if valid else ():
+    print(f"validation at step {r['step']}:",
+          ", ".join(f"{k[6:-5]} loss {v:.3f}" for k, v in r.items() if k.endswith("/loss")))
 from transformers import AutoModelForCausalLM, AutoTokenizer
 out = work / "smollm2-cpt-hf"
 tok = AutoTokenizer.from_pretrained(out)

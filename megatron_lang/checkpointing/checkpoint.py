@@ -297,17 +297,29 @@ def load_checkpoint(
 
 
 def load_model_weights(path: str | os.PathLike, model_chunks: list) -> None:
-    """Load only the model weights of a checkpoint (e.g. a converted HF model)."""
+    """Load only the model weights of a checkpoint (a converted HF model or a training save).
+
+    ``_extra_state`` entries (TransformerEngine FP8 metadata) are not required:
+    converted checkpoints have none, and a fresh FP8 run starts its own history.
+
+    Raises:
+        RuntimeError: a weight of the model is missing from the checkpoint.
+    """
     from megatron.core import dist_checkpointing
 
     chunks = [_unwrap(c) for c in model_chunks]
     sharded = _model_sharded(chunks)
+    for key, part in sharded.items():
+        sharded[key] = {k: v for k, v in part.items() if not k.endswith("_extra_state")}
     loaded = dist_checkpointing.load(sharded, str(path))
-    if len(chunks) == 1:
-        chunks[0].load_state_dict(loaded["model"])
-    else:
-        for i, chunk in enumerate(chunks):
-            chunk.load_state_dict(loaded[f"model{i}"])
+    for i, chunk in enumerate(chunks):
+        state = loaded["model"] if len(chunks) == 1 else loaded[f"model{i}"]
+        missing, unexpected = chunk.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.endswith("_extra_state")]
+        if missing or unexpected:
+            raise RuntimeError(
+                f"loading weights from {path}: missing {missing}, unexpected {unexpected}"
+            )
     log.info("loaded model weights from %s", path)
 
 

@@ -116,6 +116,8 @@ class TrainConfig:
     """Validation every N steps (None: only at the end when validation sets exist)."""
     eval_steps: int = 10
     """Global batches per validation set and evaluation."""
+    eval_at_start: bool = False
+    """Also validate before the first step (the start point's perplexity per language)."""
     max_skipped_steps: int = 10
     """Stop the run after this many steps skipped for a NaN/Inf loss."""
 

@@ -51,15 +51,9 @@ def build_model_for_checkpoint(
 
 def load_checkpoint_into(model: Any, ckpt_dir: str | os.PathLike) -> None:
     """Load a ``torch_dist`` checkpoint into ``model`` (any TP/PP)."""
-    from megatron.core import dist_checkpointing
+    from megatron_lang.checkpointing.checkpoint import load_model_weights
 
-    sharded = model.sharded_state_dict()
-    sharded = {k: v for k, v in sharded.items() if not k.endswith("_extra_state")}
-    state = dist_checkpointing.load(sharded, str(ckpt_dir))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.endswith("_extra_state")]
-    if missing or unexpected:
-        raise RuntimeError(f"checkpoint load: missing {missing}, unexpected {unexpected}")
+    load_model_weights(ckpt_dir, [model])
 
 
 def load_model(

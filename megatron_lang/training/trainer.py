@@ -106,6 +106,8 @@ class Trainer:
         cfg = self.cfg
         signals = ExitSignal(cfg.checkpoint.exit_signals)
         try:
+            if cfg.train.eval_at_start and self.state.step == 0:
+                self.evaluate()
             while self.state.step < cfg.train.steps:
                 metrics = self.train_step()
                 self._after_step(metrics)
