@@ -141,6 +141,7 @@ def save_checkpoint(
     scheduler,
     write_metadata,
     keep_last: int | None = None,
+    async_queue=None,
 ) -> Path:
     """Save a complete checkpoint of the run at ``state.step`` (call on every rank).
 
@@ -152,9 +153,11 @@ def save_checkpoint(
         scheduler: megatron-core's ``OptimizerParamScheduler``.
         write_metadata: ``f(tmp_dir)`` run on rank 0 to write metadata/config files.
         keep_last: delete older checkpoints beyond this many.
+        async_queue: megatron-core ``AsyncCallsQueue``: write in the background; the
+            checkpoint is renamed and ``latest`` moves when the queue finalizes it.
 
     Returns:
-        The final checkpoint folder.
+        The final checkpoint folder (complete once finalized, for async saves).
     """
     from megatron.core import dist_checkpointing
 
@@ -171,26 +174,41 @@ def save_checkpoint(
     sharded["optimizer"] = optimizer.sharded_state_dict(sharded, metadata=OPTIMIZER_SHARDING)
     sharded["scheduler"] = scheduler.state_dict()
     sharded["step"] = state.step
-    dist_checkpointing.save(sharded, str(tmp))
+    request = dist_checkpointing.save(sharded, str(tmp), async_sharded_save=async_queue is not None)
     (tmp / "rng").mkdir(exist_ok=True)
     torch.save(_rng_state(), tmp / "rng" / f"rank{_rank()}.pt")
-    _barrier()
     if _rank() == 0:
         write_metadata(tmp)
         (tmp / TRAIN_STATE).write_text(json.dumps(state.__dict__, indent=2))
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-        pointer_tmp = root / (LATEST + ".tmp")
-        pointer_tmp.write_text(final.name + "\n")
-        os.replace(pointer_tmp, root / LATEST)
-        if keep_last:
-            done = sorted(p for p in root.glob("iter_*") if p.is_dir() and p.suffix != ".tmp")
-            for old in done[:-keep_last]:
-                shutil.rmtree(old, ignore_errors=True)
-        log.info("saved checkpoint %s", final)
-    _barrier()
+
+    def finalize() -> None:
+        _barrier()
+        if _rank() == 0:
+            _publish(root, tmp, final, keep_last)
+        _barrier()
+
+    if request is None:
+        finalize()
+    else:
+        request.add_finalize_fn(finalize)
+        async_queue.schedule_async_request(request)
+        log.info("checkpoint %s is being written in the background", final.name)
     return final
+
+
+def _publish(root: Path, tmp: Path, final: Path, keep_last: int | None) -> None:
+    """Rename a finished save into place, then move ``latest`` to it (rank 0)."""
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    pointer_tmp = root / (LATEST + ".tmp")
+    pointer_tmp.write_text(final.name + "\n")
+    os.replace(pointer_tmp, root / LATEST)
+    if keep_last:
+        done = sorted(p for p in root.glob("iter_*") if p.is_dir() and p.suffix != ".tmp")
+        for old in done[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    log.info("saved checkpoint %s", final)
 
 
 def _torch_adam_compat(optimizer) -> None:

@@ -133,7 +133,7 @@ class CheckpointConfig:
     resume: bool = True
     """Continue from ``dir``'s ``latest`` checkpoint when there is one."""
     async_save: bool = False
-    """Write checkpoints in the background (megatron-core async save)."""
+    """Write checkpoints in the background (megatron-core async save); `latest` moves when done."""
     exit_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])
     """Signals that trigger save-and-exit (SLURM preemption sends SIGTERM / --signal=USR1)."""
     keep_last: int | None = None

@@ -58,6 +58,11 @@ class Trainer:
             cfg.logging.tensorboard_dir, enabled=self.is_logger, purge_step=self.state.step or None
         )
         self.history: list[dict[str, float]] = []
+        self._async_saves = None
+        if cfg.checkpoint.async_save:
+            from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
+
+            self._async_saves = AsyncCallsQueue()
         self._metrics_file = None
         if self.is_logger and cfg.logging.metrics_file:
             Path(cfg.logging.metrics_file).parent.mkdir(parents=True, exist_ok=True)
@@ -111,6 +116,8 @@ class Trainer:
             while self.state.step < cfg.train.steps:
                 metrics = self.train_step()
                 self._after_step(metrics)
+                if self._async_saves is not None:
+                    self._async_saves.maybe_finalize_async_calls(blocking=False)
                 if signals.requested():
                     self.save()
                     return 0
@@ -119,6 +126,8 @@ class Trainer:
                 self.save()
             return 0
         finally:
+            if self._async_saves is not None:
+                self._async_saves.maybe_finalize_async_calls(blocking=True)
             signals.restore()
             self.writer.close()
             if self._metrics_file:
@@ -259,10 +268,8 @@ class Trainer:
         return results
 
     def _saved_at(self, s: int) -> bool:
-        return (
-            bool(self.cfg.checkpoint.dir)
-            and (Path(self.cfg.checkpoint.dir) / ckpt.iter_name(s)).is_dir()
-        )
+        d, name = self.cfg.checkpoint.dir, ckpt.iter_name(s)
+        return bool(d) and any((Path(d) / n).is_dir() for n in (name, name + ".tmp"))
 
     def save(self) -> Path | None:
         """Checkpoint the run now (no-op without ``checkpoint.dir``)."""
@@ -270,6 +277,8 @@ class Trainer:
         if not c.dir:
             log.warning("checkpoint.dir is not set: nothing saved")
             return None
+        if self._async_saves is not None:  # one background save at a time
+            self._async_saves.maybe_finalize_async_calls(blocking=True)
         return ckpt.save_checkpoint(
             c.dir,
             self.state,
@@ -278,6 +287,7 @@ class Trainer:
             self.scheduler,
             self._write_metadata,
             keep_last=c.keep_last,
+            async_queue=self._async_saves,
         )
 
     def _write_metadata(self, path: Path) -> None:

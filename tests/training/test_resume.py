@@ -186,3 +186,30 @@ def test_tp2_checkpoint_resumes_at_tp1_and_pp2(tiny_blend, start_checkpoint, tmp
         assert [h["step"] for h in resumed] == [5, 6, 7, 8]
         for a, b in zip(resumed, ref[4:]):
             assert abs(a["loss"] - b["loss"]) <= 1e-4, (name, a["step"], a["loss"], b["loss"])
+
+
+def test_async_checkpoints_are_complete_and_exact(tiny_blend, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    args = _jobs.base_overrides(
+        tiny_blend,
+        **{
+            "train.steps": 6,
+            "checkpoint.save_interval": 2,
+            "checkpoint.dir": ckpt,
+            "checkpoint.async_save": True,
+        },
+    )
+    full = [h for h in run_distributed(_jobs.train, 1, args)[0] if "loss" in h]
+    assert (ckpt / "latest").read_text().strip() == "iter_0000006"
+    assert not list(ckpt.glob("*.tmp"))
+    for n in (2, 4, 6):
+        assert json.loads((ckpt / f"iter_{n:07d}" / "train_state.json").read_text())["step"] == n
+    # resuming from the step-2 checkpoint repeats steps 3..6 exactly: the background
+    # writer saw the state of step 2, not of later steps
+    again = tmp_path / "again"
+    again.mkdir()
+    shutil.copytree(ckpt / "iter_0000002", again / "iter_0000002")
+    (again / "latest").write_text("iter_0000002\n")
+    args2 = _jobs.base_overrides(tiny_blend, **{"train.steps": 6, "checkpoint.dir": again})
+    resumed = [h for h in run_distributed(_jobs.train, 1, args2)[0] if "loss" in h]
+    assert [h["loss"] for h in resumed] == [h["loss"] for h in full[2:]]
