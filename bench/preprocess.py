@@ -56,24 +56,6 @@ def build_corpus(folder: Path, mb: int, seed: int = 0) -> tuple[Path, list[str]]
     return out, texts
 
 
-def train_bpe(texts: list[str], path: Path, vocab_size: int = 32000) -> Path:
-    """Byte-level BPE tokenizer.json trained on ``texts`` (gigatoken accepts this kind)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(texts, trainer)
-    tok.save(str(path))
-    return path
-
-
 def read_texts(corpus: Path, max_bytes: int) -> tuple[list[str], int]:
     """The first documents of the corpus up to ``max_bytes`` of JSONL."""
     texts, size = [], 0
@@ -209,7 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     try:
         corpus, base_texts = build_corpus(work, args.mb)
-        bpe = train_bpe(base_texts, work / "bpe32k.json")
+        from megatron_lang.data.demo import train_bpe_tokenizer
+
+        bpe = train_bpe_tokenizer(base_texts, work / "bpe32k", 32000) / "tokenizer.json"
         texts, nbytes = read_texts(corpus, args.mb * 1_000_000 * 2)
         small, small_bytes = read_texts(corpus, args.raw_mb * 1_000_000)
         print(f"corpus {corpus.stat().st_size / 1e6:.1f} MB, {len(texts)} documents; {work}")
