@@ -58,7 +58,7 @@ def bare_loop(cfg, steps: int) -> list[float]:
     config.finalize_model_grads_func = finalize_model_grads
     config.no_sync_func = model[0].no_sync
     optimizer = build.build_optimizer(cfg, model)
-    td = data.build_train_data(cfg, src.tokenizer_dir, 0)
+    td = data.build_train_data(cfg, src.tokenizer_dir)
     d = cfg.data
 
     def forward_step(it, m):
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             _overrides(data, args)
             + [f"data.seq_length={seq}", "train.steps=500", "data.global_batch_size=8"],
         )
-        ds = build_train_data(job, data["tokenizer"], 0).train
+        ds = build_train_data(job, data["tokenizer"]).train
         tps = loader_throughput(ds, seq)
         print(
             f"data loader, seq {seq}: {tps / 1e6:.2f} M tokens/s per rank "

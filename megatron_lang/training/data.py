@@ -55,7 +55,7 @@ def tokenizer_ids(tokenizer_dir: str | None) -> tuple[int, int]:
     return tok.eod_id, tok.vocab_size
 
 
-def build_train_data(cfg: JobConfig, tokenizer_dir: str | None, dp_rank: int) -> TrainData:
+def build_train_data(cfg: JobConfig, tokenizer_dir: str | None) -> TrainData:
     """Datasets for the blend in ``cfg.data.blend`` sized for the whole run."""
     from megatron_lang.data.blend import BlendSpec
     from megatron_lang.data.gpt_dataset import TokenIds, build_blend_datasets

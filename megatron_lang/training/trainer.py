@@ -50,7 +50,7 @@ class Trainer:
         self.scheduler = build.build_scheduler(cfg, self.optimizer)
         self.state = ckpt.TrainState(layout=self.layout)
         self._restore()
-        self.data = data.build_train_data(cfg, src.tokenizer_dir, self.dp_rank)
+        self.data = data.build_train_data(cfg, src.tokenizer_dir)
         self.flops_per_step = self._flops()
         from megatron_lang.training.metrics import MetricsWriter
 

@@ -84,6 +84,6 @@ def document_batches(overrides: list[str]) -> dict:
     cfg = load_job_config(None, overrides)
     src = build.resolve_model(cfg)
     initialize_model_parallel(cfg.parallel)
-    td = data.build_train_data(cfg, src.tokenizer_dir, 0)
+    td = data.build_train_data(cfg, src.tokenizer_dir)
     samples = [td.train[i] for i in range(64)]
     return {"batch": data.collate(samples), "eod": td.eod_id}
