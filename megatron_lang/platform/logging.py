@@ -37,6 +37,26 @@ class _RankFilter(logging.Filter):
         return self.all_ranks or rank == 0 or record.levelno >= logging.WARNING
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted.
+
+    A handler bound to the stream of its creation keeps writing to it after it was
+    replaced and closed (pytest's capture, notebooks); looking it up per record
+    does not.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):  # noqa: D102
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def current_rank() -> int:
     """Global rank of this process (the launcher's rank when torch.distributed is not up).
 
@@ -66,7 +86,7 @@ def setup_logging(level: str | int = "INFO", all_ranks: bool = False) -> None:
     for handler in list(logger.handlers):
         if getattr(handler, "_megatron_lang", False):
             logger.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler._megatron_lang = True  # type: ignore[attr-defined]
     handler.addFilter(_RankFilter(all_ranks))
     handler.setFormatter(

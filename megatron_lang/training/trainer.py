@@ -49,6 +49,7 @@ class Trainer:
         self.optimizer = build.build_optimizer(cfg, self.model)
         self.scheduler = build.build_scheduler(cfg, self.optimizer)
         self.state = ckpt.TrainState(layout=self.layout)
+        self._last_saved_step: int | None = None  # same on every rank (no file-system checks)
         self._restore()
         self.data = data.build_train_data(cfg, src.tokenizer_dir)
         self.flops_per_step = self._flops()
@@ -90,6 +91,7 @@ class Trainer:
                 latest, self.model, self.optimizer, self.scheduler, self.layout
             )
             self.state.layout = self.layout
+            self._last_saved_step = self.state.step
         elif self.src.checkpoint:
             ckpt.load_model_weights(self.src.checkpoint, self.model)
 
@@ -122,7 +124,7 @@ class Trainer:
                     self.save()
                     return 0
             self.evaluate()
-            if cfg.checkpoint.dir and not self._saved_at(self.state.step):
+            if cfg.checkpoint.dir and self._last_saved_step != self.state.step:
                 self.save()
             return 0
         finally:
@@ -267,10 +269,6 @@ class Trainer:
             )
         return results
 
-    def _saved_at(self, s: int) -> bool:
-        d, name = self.cfg.checkpoint.dir, ckpt.iter_name(s)
-        return bool(d) and any((Path(d) / n).is_dir() for n in (name, name + ".tmp"))
-
     def save(self) -> Path | None:
         """Checkpoint the run now (no-op without ``checkpoint.dir``)."""
         c = self.cfg.checkpoint
@@ -279,6 +277,7 @@ class Trainer:
             return None
         if self._async_saves is not None:  # one background save at a time
             self._async_saves.maybe_finalize_async_calls(blocking=True)
+        self._last_saved_step = self.state.step
         return ckpt.save_checkpoint(
             c.dir,
             self.state,
