@@ -154,20 +154,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _has_apex_grad_accum_fusion() -> bool:
-    try:
-        import fused_weight_gradient_mlp_cuda  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _has_te_rope_fusion() -> bool:
-    from megatron.core.models.common.embeddings import rope_utils
-
-    return getattr(rope_utils, "fused_apply_rotary_pos_emb", None) is not None
-
-
 def build(args: argparse.Namespace, precision: str, layers: int, world_size: int):
     """Model (DDP-wrapped), optimizer and config for one run."""
     from megatron.core.distributed import (
@@ -178,7 +164,7 @@ def build(args: argparse.Namespace, precision: str, layers: int, world_size: int
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
     from megatron_lang.models.arch import to_transformer_config
-    from megatron_lang.models.gpt import build_gpt_model, transformer_engine_available
+    from megatron_lang.models.gpt import build_gpt_model, gpu_fusions, transformer_engine_available
     from megatron_lang.platform import set_seed
 
     arch = bench_arch(layers, args.seq_length, args.cpu_smoke)
@@ -186,11 +172,7 @@ def build(args: argparse.Namespace, precision: str, layers: int, world_size: int
     on_gpu = torch.cuda.is_available() and not args.cpu_smoke
     use_te = on_gpu and transformer_engine_available()
     dtype = torch.bfloat16 if on_gpu else torch.float32
-    overrides: dict = {}
-    if on_gpu:
-        overrides.update(bias_activation_fusion=True, cross_entropy_loss_fusion=True)
-        overrides["gradient_accumulation_fusion"] = _has_apex_grad_accum_fusion()
-        overrides["apply_rope_fusion"] = use_te and _has_te_rope_fusion()
+    overrides: dict = gpu_fusions(use_te) if on_gpu else {}
     if precision == "fp8":
         overrides.update(fp8="hybrid", fp8_recipe=args.fp8_recipe)
         if args.fp8_recipe == "delayed":

@@ -24,6 +24,32 @@ def transformer_engine_available() -> bool:
     return True
 
 
+def gpu_fusions(use_te: bool) -> dict[str, bool]:
+    """TransformerConfig fusion flags for CUDA runs (empty on CPU).
+
+    ``to_transformer_config`` switches megatron-core's fused kernels off so the
+    same config runs on CPU; on GPUs the trainer and ``bench/gpu_mfu.py`` turn
+    on the ones whose kernels are importable here.
+    """
+    if not torch.cuda.is_available():
+        return {}
+    try:
+        import fused_weight_gradient_mlp_cuda  # noqa: F401  (Apex)
+
+        grad_accum_fusion = True
+    except ImportError:
+        grad_accum_fusion = False
+    from megatron.core.models.common.embeddings import rope_utils
+
+    rope_fusion = use_te and getattr(rope_utils, "fused_apply_rotary_pos_emb", None) is not None
+    return {
+        "bias_activation_fusion": True,
+        "cross_entropy_loss_fusion": True,
+        "gradient_accumulation_fusion": grad_accum_fusion,
+        "apply_rope_fusion": rope_fusion,
+    }
+
+
 def layer_spec(config: Any, use_te: bool | None = None) -> Any:
     """Decoder layer spec: TE on GPU when available, local otherwise."""
     from megatron.core.models.gpt import gpt_layer_specs

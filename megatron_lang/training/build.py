@@ -14,7 +14,7 @@ import torch
 
 from megatron_lang.config import JobConfig, get_preset
 from megatron_lang.models.arch import LlamaArch, padded_vocab_size, to_transformer_config
-from megatron_lang.models.gpt import build_gpt_model, transformer_engine_available
+from megatron_lang.models.gpt import build_gpt_model, gpu_fusions, transformer_engine_available
 from megatron_lang.platform.logging import get_logger
 
 log = get_logger(__name__)
@@ -167,7 +167,11 @@ def _apex_available() -> bool:
 def transformer_config(cfg: JobConfig, arch: LlamaArch):
     """megatron-core TransformerConfig for this job."""
     m, p = cfg.model, cfg.parallel
+    use_te = (
+        transformer_engine_available() if m.transformer_engine is None else m.transformer_engine
+    )
     overrides: dict[str, Any] = dict(
+        **gpu_fusions(use_te),
         tensor_model_parallel_size=p.tensor_parallel,
         pipeline_model_parallel_size=p.pipeline_parallel,
         virtual_pipeline_model_parallel_size=p.virtual_pipeline_parallel,

@@ -70,3 +70,18 @@ def test_local_layer_spec_without_transformer_engine_gpu():
     spec = layer_spec(to_transformer_config(tiny_llama()))
     linear = spec.submodules.self_attention.submodules.linear_qkv
     assert linear.__module__.startswith("megatron.core.tensor_parallel")
+
+
+def test_fused_kernels_only_with_cuda(monkeypatch):
+    from megatron_lang.models.gpt import gpu_fusions
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gpu_fusions(use_te=True) == {}
+    cfg = to_transformer_config(tiny_llama())
+    assert not (
+        cfg.bias_activation_fusion or cfg.gradient_accumulation_fusion or cfg.apply_rope_fusion
+    )
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    flags = gpu_fusions(use_te=False)
+    assert flags["bias_activation_fusion"] and flags["cross_entropy_loss_fusion"]
+    assert flags["apply_rope_fusion"] is False  # TE's fused RoPE needs the TE spec
