@@ -21,7 +21,7 @@ INSTALL_REQUIRES = [
 EXTRAS_REQUIRE = {
     # CPU machines: the pinned CPU build of PyTorch.
     "cpu": ["torch==2.13.0"],
-    "dev": ["pytest>=8", "ruff>=0.6"],
+    "dev": ["pytest>=8", "ruff>=0.6", "mistral-common>=1.5"],  # mistral-common: real Mistral tokenizers for tests
 }
 
 ext_modules = [

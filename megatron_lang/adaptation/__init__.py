@@ -1,0 +1,1 @@
+"""Vocabulary adaptation: fertility, tokenizer training and extension, embedding initialisation."""

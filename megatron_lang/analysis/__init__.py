@@ -1,0 +1,1 @@
+"""Analysis of checkpoints: per-word perplexity, weight divergence."""

@@ -1,0 +1,1 @@
+"""Analysis CLIs: evaluate (per-word perplexity), divergence."""
