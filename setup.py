@@ -21,7 +21,8 @@ INSTALL_REQUIRES = [
 EXTRAS_REQUIRE = {
     # CPU machines: the pinned CPU build of PyTorch.
     "cpu": ["torch==2.13.0"],
-    "dev": ["pytest>=8", "ruff>=0.6", "mistral-common>=1.5"],  # mistral-common: real Mistral tokenizers for tests
+    # mistral-common: the real Mistral-7B / Nemo tokenizers that the tests read
+    "dev": ["pytest>=8", "ruff>=0.6", "mistral-common>=1.5"],
 }
 
 ext_modules = [

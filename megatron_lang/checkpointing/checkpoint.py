@@ -22,17 +22,16 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
 from megatron_lang.platform.logging import get_logger
+from megatron_lang.platform.seed import get_rng_states, set_rng_states
 
 log = get_logger(__name__)
 
@@ -58,6 +57,13 @@ class TrainState:
     """Steps skipped for a NaN/Inf loss so far."""
     layout: dict[str, Any] = field(default_factory=dict)
     """Parallel layout and world size that wrote the checkpoint."""
+    stage: int = 0
+    """Index of the training stage whose model/optimizer the checkpoint holds."""
+
+
+def read_train_state(path: str | os.PathLike) -> TrainState:
+    """The train state of checkpoint ``path`` (step, stage ...) without loading tensors."""
+    return TrainState(**json.loads((Path(path) / TRAIN_STATE).read_text()))
 
 
 def _rank() -> int:
@@ -108,31 +114,6 @@ def _unwrap(chunk):
     return getattr(chunk, "module", chunk)
 
 
-def _rng_state() -> dict[str, Any]:
-    from megatron.core.tensor_parallel import get_cuda_rng_tracker
-
-    state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-        "tracker": get_cuda_rng_tracker().get_states(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    from megatron.core.tensor_parallel import get_cuda_rng_tracker
-
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-    get_cuda_rng_tracker().set_states(state["tracker"])
-
-
 def save_checkpoint(
     root: str | os.PathLike,
     state: TrainState,
@@ -176,7 +157,7 @@ def save_checkpoint(
     sharded["step"] = state.step
     request = dist_checkpointing.save(sharded, str(tmp), async_sharded_save=async_queue is not None)
     (tmp / "rng").mkdir(exist_ok=True)
-    torch.save(_rng_state(), tmp / "rng" / f"rank{_rank()}.pt")
+    torch.save(get_rng_states(), tmp / "rng" / f"rank{_rank()}.pt")
     if _rank() == 0:
         write_metadata(tmp)
         (tmp / TRAIN_STATE).write_text(json.dumps(state.__dict__, indent=2))
@@ -282,7 +263,7 @@ def load_checkpoint(
     from megatron.core import dist_checkpointing
 
     path = Path(path)
-    state = TrainState(**json.loads((path / TRAIN_STATE).read_text()))
+    state = read_train_state(path)
     chunks = [_unwrap(c) for c in model_chunks]
     sharded = _model_sharded(chunks)
     _torch_adam_compat(optimizer)
@@ -302,7 +283,7 @@ def load_checkpoint(
     scheduler.load_state_dict(loaded["scheduler"])
     rng_file = path / "rng" / f"rank{_rank()}.pt"
     if state.layout == current_layout and rng_file.is_file():
-        _set_rng_state(torch.load(rng_file, weights_only=False))
+        set_rng_states(torch.load(rng_file, weights_only=False))
     else:
         log.warning(
             "resuming %s with a different layout (%s -> %s): RNG states start fresh",

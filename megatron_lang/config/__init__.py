@@ -7,6 +7,7 @@ from megatron_lang.config.job import (
     LoggingConfig,
     ModelConfig,
     OptimizerConfig,
+    StageConfig,
     TrainConfig,
 )
 from megatron_lang.config.loader import (
@@ -27,6 +28,7 @@ __all__ = [
     "LoggingConfig",
     "ModelConfig",
     "OptimizerConfig",
+    "StageConfig",
     "TrainConfig",
     "apply_overrides",
     "dump_yaml",

@@ -153,6 +153,29 @@ class LoggingConfig:
 
 
 @dataclass
+class StageConfig:
+    """One stage of a staged run (e.g. embeddings only, then everything).
+
+    Stages run in order over one continuous data stream; each has its own set of
+    trainable parameters, a fresh optimizer over exactly those parameters (frozen
+    ones have no optimizer state) and its own LR schedule counted from the
+    stage's first step. A resumed run continues in the stage its checkpoint was in.
+    """
+
+    name: str = "full"
+    """Label used in logs, metrics and the checkpoint's train state."""
+    steps: int | None = None
+    """Optimizer steps of this stage; None (last stage only): the rest of ``train.steps``."""
+    trainable: list[str] = field(default_factory=lambda: ["all"])
+    """What trains: ``all``, ``embeddings`` (input embeddings), ``lm_head`` (output layer), or
+    glob patterns over global parameter names (``decoder.layers.*.mlp.*``). Tied input and
+    output embeddings are one parameter: naming either trains both (all their PP copies)."""
+    optimizer: dict[str, Any] = field(default_factory=dict)
+    """Overrides of :class:`OptimizerConfig` fields for this stage (``lr``, ``min_lr``,
+    ``schedule``, ``warmup_steps``, ``decay_steps``, ``weight_decay`` ...)."""
+
+
+@dataclass
 class JobConfig:
     """A whole training job."""
 
@@ -170,3 +193,5 @@ class JobConfig:
     """Checkpointing."""
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     """Logging."""
+    stages: list[StageConfig] = field(default_factory=list)
+    """Training stages in order (empty: one stage training everything for ``train.steps``)."""

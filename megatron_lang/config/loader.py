@@ -76,11 +76,25 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     for name, value in data.items():
         path = f"{where}.{name}" if where else name
         tp = hints[name]
+        item_tp = _list_item_dataclass(tp)
         if dataclasses.is_dataclass(tp):
             kwargs[name] = from_dict(tp, value or {}, path)
+        elif item_tp is not None:
+            if not isinstance(value, list):
+                raise ConfigError(f"{path}: expected a list of {item_tp.__name__}, got {value!r}")
+            kwargs[name] = [from_dict(item_tp, v or {}, f"{path}.{i}") for i, v in enumerate(value)]
         else:
             kwargs[name] = _coerce(value, tp, path)
     return cls(**kwargs)
+
+
+def _list_item_dataclass(tp: Any) -> type | None:
+    """``X`` for a ``list[X]`` field whose items are dataclasses, else None."""
+    if typing.get_origin(tp) is list:
+        (item,) = typing.get_args(tp) or (None,)
+        if item is not None and dataclasses.is_dataclass(item):
+            return item
+    return None
 
 
 def to_dict(obj: Any) -> dict[str, Any]:
@@ -89,7 +103,10 @@ def to_dict(obj: Any) -> dict[str, Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``a.b.c=value`` overrides to a nested dict (returns a new dict)."""
+    """Apply ``a.b.c=value`` overrides to a nested dict (returns a new dict).
+
+    A numeric component indexes a list that exists already (``stages.0.steps=100``).
+    """
     import copy
 
     data = copy.deepcopy(data)
@@ -100,13 +117,26 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         parts = key.strip().split(".")
         if not all(parts):
             raise ConfigError(f"override {item!r}: empty key component")
-        node = data
+        node: Any = data
         for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
+            if isinstance(node, list):
+                node = node[_list_index(node, p, item)]
+            else:
+                node = node.setdefault(p, {})
+            if not isinstance(node, dict | list):
                 raise ConfigError(f"override {item!r}: {p!r} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+        value = yaml.safe_load(raw) if raw.strip() else None
+        if isinstance(node, list):
+            node[_list_index(node, parts[-1], item)] = value
+        else:
+            node[parts[-1]] = value
     return data
+
+
+def _list_index(node: list, part: str, item: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(f"override {item!r}: {part!r} is not an index of a {len(node)}-item list")
+    return int(part)
 
 
 def load_job_config(

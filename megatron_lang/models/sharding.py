@@ -31,7 +31,7 @@ def _tp():
     )
 
 
-def _global_names(model: torch.nn.Module) -> dict[str, str]:
+def global_param_names(model: torch.nn.Module) -> dict[str, str]:
     """Map each local parameter name to its full (global-layer) name."""
     offsets: dict[int, int] = {}
     decoder = getattr(model, "decoder", None)
@@ -71,7 +71,7 @@ def load_full_state_dict(model: torch.nn.Module, full_sd: dict[str, torch.Tensor
         ValueError: a slice's shape differs from the parameter's.
     """
     rank, size, _ = _tp()
-    names = _global_names(model)
+    names = global_param_names(model)
     with torch.no_grad():
         for local, param in model.named_parameters():
             key = names[local]
@@ -94,7 +94,7 @@ def gather_full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     from megatron.core import parallel_state
 
     rank, size, group = _tp()
-    names = _global_names(model)
+    names = global_param_names(model)
     tied = bool(getattr(model, "share_embeddings_and_output_weights", False))
     local_full: dict[str, torch.Tensor] = {}
     for local, param in model.named_parameters():

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,3 +27,40 @@ def set_seed(seed: int, model_parallel: bool = True) -> None:
         from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
 
         model_parallel_cuda_manual_seed(seed)
+
+
+def get_rng_states() -> dict[str, Any]:
+    """This process's generator states (Python, NumPy, torch, CUDA, megatron-core's tracker)."""
+    from megatron.core.tensor_parallel import get_cuda_rng_tracker
+
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "tracker": get_cuda_rng_tracker().get_states(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_states(state: dict[str, Any]) -> None:
+    """Restore states from :func:`get_rng_states`."""
+    from megatron.core.tensor_parallel import get_cuda_rng_tracker
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    get_cuda_rng_tracker().set_states(state["tracker"])
+
+
+@contextmanager
+def preserved_rng_states() -> Iterator[None]:
+    """Run a block without advancing any generator (e.g. a throw-away weight init)."""
+    state = get_rng_states()
+    try:
+        yield
+    finally:
+        set_rng_states(state)

@@ -124,6 +124,17 @@ def check_startup(
         raise StartupError(f"optimizer.schedule={opt.schedule!r}: cosine, linear, constant or wsd")
     if m.recompute not in (None, "selective", "full"):
         raise StartupError(f"model.recompute={m.recompute!r}: null, 'selective' or 'full'")
+    from megatron_lang.training.stages import StageError, resolve_stages
+
+    try:
+        for st in resolve_stages(cfg):
+            if st.cfg.optimizer.schedule not in ("cosine", "linear", "constant", "wsd"):
+                raise StageError(
+                    f"stages.{st.index}.optimizer.schedule={st.cfg.optimizer.schedule!r}: "
+                    "cosine, linear, constant or wsd"
+                )
+    except StageError as e:
+        raise StartupError(str(e)) from None
     info = {"dp": dp, "grad_accum": d.global_batch_size // (d.micro_batch_size * dp)}
     if not hardware:
         return info

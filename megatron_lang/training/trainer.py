@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 
@@ -17,7 +18,8 @@ import torch
 from megatron_lang.checkpointing import checkpoint as ckpt
 from megatron_lang.config import JobConfig, dump_yaml
 from megatron_lang.platform.logging import get_logger
-from megatron_lang.training import build, data, step
+from megatron_lang.platform.seed import preserved_rng_states
+from megatron_lang.training import build, data, stages, step
 from megatron_lang.training.signals import ExitSignal
 
 log = get_logger(__name__)
@@ -43,14 +45,17 @@ class Trainer:
         self.dp_rank, self.dp_size = ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
         self.is_logger = torch.distributed.get_rank() == 0
         self.config = build.transformer_config(cfg, src.arch)
-        chunks = build.build_model_chunks(cfg, src, self.config)
-        self.model = build.wrap_ddp(cfg, self.config, chunks)
-        self._connect_schedule_hooks()
-        self.optimizer = build.build_optimizer(cfg, self.model)
-        self.scheduler = build.build_scheduler(cfg, self.optimizer)
+        self.stages = stages.resolve_stages(cfg)
         self.state = ckpt.TrainState(layout=self.layout)
         self._last_saved_step: int | None = None  # same on every rank (no file-system checks)
-        self._restore()
+        latest = self._latest_checkpoint()
+        first = ckpt.read_train_state(latest).stage if latest else 0
+        if not 0 <= first < len(self.stages):
+            raise stages.StageError(
+                f"{latest} was written in stage {first}, but the job has {len(self.stages)} stages"
+            )
+        self._build_stage(self.stages[first])
+        self._restore(latest)
         self.data = data.build_train_data(cfg, src.tokenizer_dir)
         self.flops_per_step = self._flops()
         from megatron_lang.training.metrics import MetricsWriter
@@ -80,12 +85,74 @@ class Trainer:
             sync = [m.start_grad_sync for m in self.model]
             self.config.grad_sync_func = sync[0] if len(sync) == 1 else sync
 
-    def _restore(self) -> None:
+    def _build_stage(self, stage: stages.Stage, weights: list[dict] | None = None) -> None:
+        """Model chunks, DDP, optimizer and scheduler for ``stage``.
+
+        megatron-core's DDP and optimizers read ``requires_grad`` when they are
+        built, so a stage change builds all of them anew; ``weights`` (the previous
+        chunks' state dicts) are copied in.
+        """
+        # megatron-core sets the tensor-parallel attributes of its weights (which the
+        # gradient norm and clipping read) only while initialising them, so the
+        # weights are initialised and then overwritten; the generators are left as
+        # they were, so a run that changes stage matches one resumed across the change.
+        with preserved_rng_states() if weights is not None else nullcontext():
+            chunks = build.build_model_chunks(stage.cfg, self.src, self.config)
+        for chunk, sd in zip(chunks, weights or []):
+            chunk.load_state_dict(sd)
+        counts = stages.apply_trainable(chunks, stage, self.src.arch.tie_word_embeddings)
+        self._check_stage_matches(stage, counts)
+        self.model = build.wrap_ddp(stage.cfg, self.config, chunks)
+        self._connect_schedule_hooks()
+        self.optimizer = build.build_optimizer(stage.cfg, self.model)
+        self.scheduler = build.build_scheduler(stage.cfg, self.optimizer)
+        self.stage = stage
+        self.state.stage = stage.index
+        if len(self.stages) > 1:
+            log.info(
+                "stage %d/%d %r: steps %d-%d, trainable %s (%d parameters on rank 0, %d frozen), "
+                "lr %g (%s)",
+                stage.index + 1,
+                len(self.stages),
+                stage.name,
+                stage.start + 1,
+                stage.end,
+                ", ".join(stage.trainable),
+                counts["trainable"],
+                counts["frozen"],
+                stage.cfg.optimizer.lr,
+                stage.cfg.optimizer.schedule,
+            )
+
+    def _check_stage_matches(self, stage: stages.Stage, counts: dict[str, int]) -> None:
+        """Every trainable rule matches a parameter on some rank (a typo freezes nothing silently)."""
+        total = torch.tensor([counts["trainable"]], dtype=torch.float64)
+        torch.distributed.all_reduce(total)
+        if total.item() == 0:
+            raise stages.StageError(
+                f"stage {stage.index} ({stage.name!r}): trainable={list(stage.trainable)} "
+                f"matches no parameter; groups: {sorted(stages.GROUPS)} or glob patterns over "
+                "names such as decoder.layers.*.mlp.linear_fc1.weight"
+            )
+
+    def _enter_stage_for_next_step(self) -> None:
+        """Switch to the stage of the next step when it differs (weights carried over)."""
+        nxt = stages.stage_for_step(self.stages, self.state.step)
+        if nxt.index == self.stage.index:
+            return
+        weights = [_unwrap(m).state_dict() for m in self.model]
+        del self.model, self.optimizer, self.scheduler
+        self._build_stage(nxt, weights)
+        del weights
+
+    def _latest_checkpoint(self) -> Path | None:
         c = self.cfg.checkpoint
-        latest = None
-        if c.dir:
-            ckpt.remove_incomplete(c.dir)
-            latest = ckpt.latest_checkpoint(c.dir) if c.resume else None
+        if not c.dir:
+            return None
+        ckpt.remove_incomplete(c.dir)
+        return ckpt.latest_checkpoint(c.dir) if c.resume else None
+
+    def _restore(self, latest: Path | None) -> None:
         if latest is not None:
             self.state = ckpt.load_checkpoint(
                 latest, self.model, self.optimizer, self.scheduler, self.layout
@@ -116,6 +183,7 @@ class Trainer:
             if cfg.train.eval_at_start and self.state.step == 0:
                 self.evaluate()
             while self.state.step < cfg.train.steps:
+                self._enter_stage_for_next_step()
                 metrics = self.train_step()
                 self._after_step(metrics)
                 if self._async_saves is not None:
@@ -192,6 +260,7 @@ class Trainer:
         values = {
             **metrics,
             "lr": self.optimizer.param_groups[0]["lr"],
+            "stage": self.stage.index,
             "skipped_steps": self.state.skipped_steps,
             "tokens_per_s": cfg.data.global_batch_size * cfg.data.seq_length / dt,
             "tflops_per_gpu": tflops,
@@ -207,7 +276,10 @@ class Trainer:
                 log.info(format_console_line(s, cfg.train.steps, values))
         if cfg.train.eval_interval and s % cfg.train.eval_interval == 0:
             self.evaluate()
-        if cfg.checkpoint.save_interval and s % cfg.checkpoint.save_interval == 0:
+        stage_done = s == self.stage.end and s < cfg.train.steps
+        if (cfg.checkpoint.save_interval and s % cfg.checkpoint.save_interval == 0) or (
+            stage_done and cfg.checkpoint.dir
+        ):
             self.save()
 
     # --------------------------------------------------------- eval and save
@@ -302,3 +374,7 @@ class Trainer:
         )
         save_metadata(path, meta, tokenizer_dir=self.src.tokenizer_dir)
         (path / "job.yaml").write_text(dump_yaml(self.cfg))
+
+
+def _unwrap(chunk):
+    return getattr(chunk, "module", chunk)
