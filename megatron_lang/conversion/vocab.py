@@ -2,9 +2,10 @@
 
 Tokens present in both vocabularies (same token string) keep their old rows;
 rows of new tokens come from an :data:`EmbeddingInit` function.  Two simple
-ones are here (``mean`` of the old sub-token rows, ``random``); the
-vocabulary-adaptation package can register others (FOCUS ...) with
-:func:`register_init`.
+ones are built in (``mean`` of the old sub-token rows, ``random``; implemented in
+:mod:`megatron_lang.adaptation.embedding_init`); FOCUS needs a corpus and is
+passed as a callable (:class:`megatron_lang.adaptation.focus.FocusInit`); others
+can be registered with :func:`register_init`.
 """
 
 from __future__ import annotations
@@ -41,30 +42,24 @@ EmbeddingInit = Callable[[NewTokenContext], torch.Tensor]
 def mean_init(ctx: NewTokenContext) -> torch.Tensor:
     """Mean of the old rows of the token's pieces under the old tokenizer.
 
-    The token's text is its decoded form (its string for added tokens).  A token
-    whose text the old tokenizer cannot encode gets the mean of all old rows.
+    See :func:`megatron_lang.adaptation.embedding_init.mean_init`: the token's
+    bytes (byte-level ``Ġ`` and SentencePiece ``▁`` markers decoded, partial
+    UTF-8 kept) are tokenised by the old tokenizer as inside a document; a token
+    without old pieces gets the mean of all old rows.
     """
-    w = ctx.old_weight.float()
-    overall = w.mean(dim=0)
-    rows = []
-    added = ctx.new_tokenizer.get_added_vocab()
-    for tok, nid in zip(ctx.new_tokens, ctx.new_ids):
-        # added tokens are plain text; byte-level decoding would garble non-ASCII ones
-        text = tok if tok in added else ctx.new_tokenizer.decode([nid])
-        ids = ctx.old_tokenizer.encode(text, add_special_tokens=False) if text else []
-        ids = [i for i in ids if 0 <= i < w.shape[0]]
-        rows.append(w[ids].mean(dim=0) if ids else overall)
-    if not rows:
-        return w.new_zeros((0, w.shape[1])).to(ctx.old_weight.dtype)
-    return torch.stack(rows).to(ctx.old_weight.dtype)
+    from megatron_lang.adaptation.embedding_init import mean_init as impl
+
+    return impl(ctx)
 
 
 def random_init(ctx: NewTokenContext, seed: int = 0) -> torch.Tensor:
-    """Normal rows with the old rows' mean and standard deviation (seeded)."""
-    w = ctx.old_weight.float()
-    gen = torch.Generator().manual_seed(seed)
-    noise = torch.randn((len(ctx.new_tokens), w.shape[1]), generator=gen)
-    return (w.mean(dim=0) + noise * w.std()).to(ctx.old_weight.dtype)
+    """Normal rows with the old matrix's per-dimension mean and std (seeded per matrix).
+
+    See :func:`megatron_lang.adaptation.embedding_init.random_init`.
+    """
+    from megatron_lang.adaptation.embedding_init import random_init as impl
+
+    return impl(ctx, seed)
 
 
 _INITS: dict[str, EmbeddingInit] = {"mean": mean_init, "random": random_init}
@@ -79,6 +74,12 @@ def get_init(name_or_fn: str | EmbeddingInit) -> EmbeddingInit:
     """An init function by name (``mean``, ``random``, registered ones) or itself."""
     if callable(name_or_fn):
         return name_or_fn
+    if name_or_fn == "focus" and "focus" not in _INITS:
+        raise ValueError(
+            "embedding init 'focus' needs a target-language corpus: pass --focus-corpus "
+            "FILE.jsonl (CLI) or embed_init=FocusInit(FocusOptions(corpus=...)) "
+            "(megatron_lang.adaptation.focus)"
+        )
     if name_or_fn not in _INITS:
         raise ValueError(f"unknown embedding init {name_or_fn!r}; known: {sorted(_INITS)}")
     return _INITS[name_or_fn]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from megatron_lang.adaptation.init_options import add_embed_init_args, build_embed_init
+
 EPILOG = """examples:
   # Llama-2/3, Mistral, Qwen2, SmolLM2 directory -> checkpoint loadable at any TP/PP
   python tools/convert_hf/hf_to_megatron.py --hf /models/Llama-3.1-8B --out ckpt/llama31-base
@@ -19,6 +21,13 @@ EPILOG = """examples:
   # of their old sub-token rows
   python tools/convert_hf/hf_to_megatron.py --hf /models/Llama-2-7b --out ckpt/l2-da \\
       --new-tokenizer tok/llama2-da --embed-init mean
+
+  # the same with FOCUS: new rows are sparse weighted means of overlapping tokens'
+  # rows, weights from fastText trained on the target corpus (new tokenizer)
+  python tools/convert_hf/hf_to_megatron.py --hf /models/Llama-2-7b --out ckpt/l2-da \\
+      --new-tokenizer tok/llama2-da --embed-init focus --focus-corpus data/da.jsonl
+
+  # an already converted or trained checkpoint: tools/convert_hf/remap_vocab.py
 """
 
 
@@ -34,11 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="checkpoint directory to create")
     p.add_argument("--new-tokenizer", help="folder of a new tokenizer to remap embeddings to")
-    p.add_argument(
-        "--embed-init",
-        default="mean",
-        help="init for new tokens' rows: mean | random (default mean)",
-    )
+    add_embed_init_args(p)
     p.add_argument(
         "--vocab-divisor", type=int, default=128, help="pad vocab to a multiple of this x TP"
     )
@@ -62,11 +67,14 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_logging()
     try:
+        if args.embed_init != "mean" and not args.new_tokenizer:
+            raise ValueError(f"--embed-init {args.embed_init} needs --new-tokenizer")
+        embed_init = build_embed_init(args)
         report = hf_to_megatron(
             args.hf,
             args.out,
             new_tokenizer=args.new_tokenizer,
-            embed_init=args.embed_init,
+            embed_init=embed_init,
             vocab_divisor=args.vocab_divisor,
             tp_for_padding=args.tp_for_padding,
             dtype=getattr(torch, args.dtype) if args.dtype else None,
