@@ -146,14 +146,56 @@ def _iter_texts(opts: FocusOptions) -> Iterator[str]:
         yield rec.doc[opts.text_key]
 
 
+def _fasttext_vectors(path: str, opts: FocusOptions) -> dict[str, np.ndarray]:
+    """fastText skip-gram on ``path``; word -> vector (runs in a fresh process)."""
+    import fasttext
+
+    lr = opts.lr
+    for attempt in range(4):
+        try:
+            model = fasttext.train_unsupervised(
+                path,
+                model="skipgram",
+                dim=opts.dim,
+                epoch=opts.epochs,
+                lr=lr,
+                ws=opts.window,
+                minCount=opts.min_count,
+                bucket=opts.bucket,
+                t=opts.sample,
+                thread=1,
+                verbose=0,
+            )
+            return {w: model.get_word_vector(w) for w in model.get_words()}
+        except RuntimeError as e:  # "Encountered NaN": skip-gram diverged
+            if "NaN" not in str(e) or attempt == 3:
+                raise
+            lr /= 2
+    raise AssertionError("unreachable")
+
+
+def _train_fasttext_isolated(path: str, opts: FocusOptions) -> dict[str, np.ndarray]:
+    """Run :func:`_fasttext_vectors` in a spawned process.
+
+    The fastText wheel (fasttext-numpy2-wheel 0.9.2) was seen to diverge to NaN
+    ("Encountered NaN") on the same input and settings only inside a long-running
+    process that had done other work (the test suite), never in a fresh one: its
+    result depends on the state of the process's memory. A fresh process per
+    training makes the vectors a function of the input alone.
+    """
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
+        return pool.submit(_fasttext_vectors, path, opts).result()
+
+
 def train_token_vectors(new_tokenizer: Any, opts: FocusOptions) -> dict[int, np.ndarray]:
     """fastText vectors (new id -> vector) of the new tokens seen ``min_count`` times in the corpus.
 
     Raises:
         ValueError: the corpus yields no tokens.
     """
-    import fasttext
-
     id_to_token = {i: t for t, i in new_tokenizer.get_vocab().items()}
     word_to_id: dict[str, int] = {}
     lines = 0
@@ -177,31 +219,8 @@ def train_token_vectors(new_tokenizer: Any, opts: FocusOptions) -> dict[int, np.
                         lines += 1
         if not lines:
             raise ValueError(f"FOCUS corpus {opts.corpus} has no text under key {opts.text_key!r}")
-        lr = opts.lr
-        for attempt in range(4):
-            try:
-                model = fasttext.train_unsupervised(
-                    str(path),
-                    model="skipgram",
-                    dim=opts.dim,
-                    epoch=opts.epochs,
-                    lr=lr,
-                    ws=opts.window,
-                    minCount=opts.min_count,
-                    bucket=opts.bucket,
-                    t=opts.sample,
-                    thread=1,
-                    verbose=0,
-                )
-                break
-            except RuntimeError as e:  # "Encountered NaN": skip-gram diverged
-                if "NaN" not in str(e) or attempt == 3:
-                    raise
-                log.warning("FOCUS: fastText diverged at lr %g; retrying at lr %g", lr, lr / 2)
-                lr /= 2
-    vectors = {
-        word_to_id[w]: model.get_word_vector(w) for w in model.get_words() if w in word_to_id
-    }
+        trained = _train_fasttext_isolated(str(path), opts)
+    vectors = {word_to_id[w]: v for w, v in trained.items() if w in word_to_id}
     log.info("FOCUS: fastText on %d lines, vectors for %d tokens", lines, len(vectors))
     return vectors
 

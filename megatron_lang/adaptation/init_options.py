@@ -25,6 +25,14 @@ def add_embed_init_args(p: argparse.ArgumentParser) -> None:
         "tokens; needs --focus-corpus). Default mean",
     )
     p.add_argument("--init-seed", type=int, default=0, help="seed of --embed-init random")
+    p.add_argument(
+        "--output-shrink",
+        type=float,
+        default=0.75,
+        help="pull new rows of the LM head (and of tied embeddings) toward the mean row by "
+        "this factor, so new tokens take little probability from old ones on text they do "
+        "not occur in (1 = rows as --embed-init gives them; default 0.75)",
+    )
     g = p.add_argument_group("FOCUS (--embed-init focus)")
     g.add_argument("--focus-corpus", nargs="+", help="target-language JSONL file(s) or folder(s)")
     g.add_argument("--focus-text-key", default="text", help="JSON key of the text (default text)")

@@ -49,7 +49,7 @@ from megatron_lang.conversion.megatron_io import (
     load_tensors,
     save_checkpoint_streamed,
 )
-from megatron_lang.conversion.vocab import EmbeddingInit, VocabRemap
+from megatron_lang.conversion.vocab import DEFAULT_OUTPUT_SHRINK, EmbeddingInit, VocabRemap
 from megatron_lang.models.arch import padded_vocab_size
 from megatron_lang.platform.logging import get_logger
 
@@ -126,6 +126,7 @@ def remap_checkpoint_vocab(
     out_dir: str | os.PathLike,
     new_tokenizer: str | os.PathLike,
     init: str | EmbeddingInit = "mean",
+    output_shrink: float = DEFAULT_OUTPUT_SHRINK,
     *,
     vocab_divisor: int | None = None,
     tp_for_padding: int | None = None,
@@ -139,6 +140,7 @@ def remap_checkpoint_vocab(
             a training root with ``latest``); must hold its tokenizer.
         out_dir: checkpoint folder to create.
         new_tokenizer: folder of the new HF tokenizer.
+        output_shrink: see :func:`megatron_lang.conversion.vocab.shrink_toward_mean`.
         init: rows of new tokens: ``mean``, ``random``, a registered name or a
             callable such as :class:`megatron_lang.adaptation.focus.FocusInit`.
         vocab_divisor: pad to a multiple of ``vocab_divisor * tp_for_padding``
@@ -168,7 +170,7 @@ def remap_checkpoint_vocab(
         )
     old_tok = _load_tokenizer(old_tok_dir, "the checkpoint's tokenizer")
     new_tok = _load_tokenizer(new_tokenizer, "new tokenizer")
-    remap = VocabRemap(old_tok, new_tok, init)
+    remap = VocabRemap(old_tok, new_tok, init, output_shrink)
     bad = [o for o in remap.kept_old if o >= arch.vocab_size]
     if bad:
         raise ConversionError(
@@ -200,7 +202,8 @@ def remap_checkpoint_vocab(
         conv = by_name[name]
         if not conv.rule.vocab_rows:
             return t
-        new_VH = remap.apply(t[: arch.vocab_size], conv.hf[0])
+        output_role = conv.hf[0] == "lm_head.weight" or arch.tie_word_embeddings
+        new_VH = remap.apply(t[: arch.vocab_size], conv.hf[0], output_role)
         pad = new_VH.new_zeros((padded - new_VH.shape[0], new_VH.shape[1]))
         return torch.cat([new_VH, pad]).to(dtype)
 

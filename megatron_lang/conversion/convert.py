@@ -30,7 +30,7 @@ from megatron_lang.conversion.families import FAMILIES, family_for_hf_config
 from megatron_lang.conversion.hf_io import HFSource, StreamingSafetensorsWriter, open_hf
 from megatron_lang.conversion.mapping import Conversion, ConversionError, expand, group_by_stage
 from megatron_lang.conversion.megatron_io import load_tensors, save_checkpoint_streamed
-from megatron_lang.conversion.vocab import EmbeddingInit, VocabRemap
+from megatron_lang.conversion.vocab import DEFAULT_OUTPUT_SHRINK, EmbeddingInit, VocabRemap
 from megatron_lang.models.arch import padded_vocab_size
 from megatron_lang.platform import get_logger
 
@@ -111,6 +111,7 @@ def hf_to_megatron(
     *,
     new_tokenizer: str | os.PathLike | None = None,
     embed_init: str | EmbeddingInit = "mean",
+    output_shrink: float = DEFAULT_OUTPUT_SHRINK,
     vocab_divisor: int = 128,
     tp_for_padding: int = 1,
     dtype: torch.dtype | None = None,
@@ -124,6 +125,9 @@ def hf_to_megatron(
         new_tokenizer: folder of a new tokenizer; embedding and LM-head rows are
             remapped to it (old tokens keep their rows, new ones from ``embed_init``).
         embed_init: ``mean``, ``random``, a registered name, or a callable.
+        output_shrink: new rows of logit-producing matrices (LM head, tied embeddings)
+            are pulled toward the mean row by this factor (1 = as the init gives them);
+            see :func:`~megatron_lang.conversion.vocab.shrink_toward_mean`.
         vocab_divisor: pad the vocabulary to a multiple of ``vocab_divisor * tp_for_padding``.
         tp_for_padding: tensor-parallel size the padding must suit.
         dtype: stored dtype; default that of the HF embedding.
@@ -143,7 +147,9 @@ def hf_to_megatron(
         out_arch = arch
         if new_tokenizer is not None:
             new_tok = _load_tokenizer(Path(new_tokenizer))
-            remap = VocabRemap(_load_tokenizer(src.tokenizer_dir), new_tok, embed_init)
+            remap = VocabRemap(
+                _load_tokenizer(src.tokenizer_dir), new_tok, embed_init, output_shrink
+            )
             out_arch = dataclasses.replace(arch, vocab_size=remap.new_size)
         padded = padded_vocab_size(out_arch.vocab_size, vocab_divisor, tp_for_padding)
         for conv in conversions:  # every shape checked before anything is written
@@ -155,7 +161,9 @@ def hf_to_megatron(
         def produce(name: str) -> torch.Tensor:
             conv = by_name[name]
             if conv.rule.vocab_rows and remap is not None:
-                t = remap.apply(conv.to_megatron([src.get(n) for n in conv.hf], arch), conv.hf[0])
+                old = conv.to_megatron([src.get(n) for n in conv.hf], arch)
+                output_role = conv.hf[0] == "lm_head.weight" or arch.tie_word_embeddings
+                t = remap.apply(old, conv.hf[0], output_role)
                 return torch.cat([t, t.new_zeros((padded - t.shape[0], t.shape[1]))]).to(dtype)
             out = (torch.zeros if conv.rule.vocab_rows else torch.empty)(
                 specs[name][0], dtype=dtype
@@ -189,6 +197,7 @@ def hf_to_megatron(
                     "old_vocab_size": arch.vocab_size,
                     "new_tokens": len(remap.new_ids),
                     "embed_init": getattr(remap.init, "__name__", str(embed_init)),
+                    "output_shrink": output_shrink,
                 }
             save_metadata(tmp, meta, str(new_tokenizer or src.tokenizer_dir or "") or None)
     finally:
@@ -222,14 +231,19 @@ def megatron_to_hf(
     dtype: torch.dtype | None = None,
     max_shard_bytes: int = 2 * 1024**3,
     overwrite: bool = False,
+    merge_lora: bool = True,
 ) -> ConversionReport:
     """Export a megatron_lang checkpoint to an HF directory (safetensors, config, tokenizer).
 
     The checkpoint is read one group at a time (embedding, each layer, final
     norm, LM head) and each HF tensor is appended to its safetensors shard as
-    soon as it is made.
+    soon as it is made. A checkpoint trained with LoRA adapters is exported with
+    the adapters merged (``W + alpha/r · B A`` on the fused megatron tensors);
+    ``merge_lora=False`` exports the base weights alone.
     """
     from transformers import CONFIG_MAPPING, GenerationConfig
+
+    from megatron_lang.conversion.lora import LoraSpec, merge_adapters
 
     t0 = time.perf_counter()
     meta = load_metadata(ckpt_dir)
@@ -239,6 +253,9 @@ def megatron_to_hf(
     conversions = expand(FAMILIES[arch.family].rules, arch)
     ckpt_dtype = getattr(torch, meta.dtype)
     dtype = dtype or ckpt_dtype
+    lora = LoraSpec.from_metadata(meta) if merge_lora else None
+    if lora is not None:
+        log.info("merging LoRA adapters (r=%d, alpha=%g) into the weights", lora.rank, lora.alpha)
     plan = [(n, s, dtype) for c in conversions for n, s in zip(c.hf, c.hf_shapes)]
     with atomic_output_dir(out_dir, overwrite) as tmp:
         writer = StreamingSafetensorsWriter(tmp, plan, max_shard_bytes)
@@ -249,6 +266,8 @@ def megatron_to_hf(
                     for c in group
                 }
                 loaded = load_tensors(Path(ckpt_dir), specs, arch.num_layers)
+                if lora is not None:
+                    merge_adapters(loaded, ckpt_dir, lora, meta)
                 for c in group:
                     t = loaded.pop(c.megatron)
                     if c.rule.vocab_rows:

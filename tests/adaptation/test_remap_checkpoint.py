@@ -18,6 +18,7 @@ from megatron_lang.conversion.convert import megatron_shape
 from megatron_lang.conversion.families import FAMILIES
 from megatron_lang.conversion.mapping import expand
 from megatron_lang.conversion.megatron_io import load_tensors
+from megatron_lang.conversion.vocab import DEFAULT_OUTPUT_SHRINK, shrink_toward_mean
 from tests.adaptation import _toy
 from tests.conversion._tiny import COMMON
 
@@ -94,7 +95,10 @@ def test_remap_checkpoint_matches_direct_conversion(tiny, tmp_path, tied):
         assert torch.equal(new_VH[:old_v], old_VH[:old_v])  # old tokens: bitwise
         assert not new_VH[new_v:].any()  # padding rows zero
         _, ctx = _toy.context(tiny["old_tok"], new_tok, old_VH[:old_v], hf_names[name])
-        assert torch.equal(new_VH[old_v:new_v], mean_init(ctx))
+        expected = mean_init(ctx)
+        if tied or name == "output_layer.weight":  # rows that make logits: pulled to the mean
+            expected = shrink_toward_mean(expected, old_VH[:old_v], DEFAULT_OUTPUT_SHRINK)
+        assert torch.equal(new_VH[old_v:new_v], expected)
     if not tied:  # each matrix from its own rows
         assert not torch.equal(
             after["embedding.word_embeddings.weight"][old_v:new_v],
@@ -179,7 +183,10 @@ def test_cli_focus_and_remap_vocab(tiny, tmp_path, capsys):
                           ("output_layer.weight", "lm_head.weight")):  # fmt: skip
         assert torch.equal(after[name][:old_v], before[name][:old_v])
         _, ctx = _toy.context(tiny["old_tok"], new_tok, before[name][:old_v], hf_name)
-        assert torch.equal(after[name][old_v : old_v + 3], init(ctx))
+        expected = init(ctx)
+        if name == "output_layer.weight":
+            expected = shrink_toward_mean(expected, before[name][:old_v], DEFAULT_OUTPUT_SHRINK)
+        assert torch.equal(after[name][old_v : old_v + 3], expected)
     w = init.weights(ctx)
     assert all(s is not None for s in w.support)  # the new words occur in the corpus
     # the same through remap_vocab.py on the converted checkpoint

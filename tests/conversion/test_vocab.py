@@ -7,6 +7,7 @@ import torch
 
 from megatron_lang.checkpointing.metadata import load_metadata
 from megatron_lang.conversion import hf_to_megatron, megatron_to_hf
+from megatron_lang.conversion.vocab import DEFAULT_OUTPUT_SHRINK
 
 NEW_TOKENS = ["hyggeligt", "smørrebrød", "Københavns"]
 
@@ -56,7 +57,11 @@ def test_new_tokenizer_remaps_rows(tiny_with_tokenizer, tmp_path, init):
             for i, tok in enumerate(NEW_TOKENS):
                 ids = old_tok.encode(tok, add_special_tokens=False)
                 assert len(ids) > 1
-                torch.testing.assert_close(new_rows[i], old[ids].mean(dim=0))
+                expected = old[ids].mean(dim=0)
+                if name == "lm_head.weight":  # logit rows are pulled toward the mean row
+                    mean = old.mean(dim=0)
+                    expected = mean + DEFAULT_OUTPUT_SHRINK * (expected - mean)
+                torch.testing.assert_close(new_rows[i], expected)
         else:
             assert not any(torch.allclose(r, old.mean(dim=0)) for r in new_rows)
             assert 0.5 < new_rows.std() / old.std() < 2.0

@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             args.out,
             new_tokenizer=args.new_tokenizer,
             embed_init=embed_init,
+            output_shrink=args.output_shrink,
             vocab_divisor=args.vocab_divisor,
             tp_for_padding=args.tp_for_padding,
             dtype=getattr(torch, args.dtype) if args.dtype else None,

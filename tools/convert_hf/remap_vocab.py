@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             args.out,
             args.new_tokenizer,
             build_embed_init(args),
+            output_shrink=args.output_shrink,
             vocab_divisor=args.vocab_divisor,
             tp_for_padding=args.tp_for_padding,
             require_superset=args.require_superset,
