@@ -295,11 +295,13 @@ def load_checkpoint(
     return state
 
 
-def load_model_weights(path: str | os.PathLike, model_chunks: list) -> None:
+def load_model_weights(path: str | os.PathLike, model_chunks: list, adapters: bool = False) -> None:
     """Load only the model weights of a checkpoint (a converted HF model or a training save).
 
     ``_extra_state`` entries (TransformerEngine FP8 metadata) are not required:
     converted checkpoints have none, and a fresh FP8 run starts its own history.
+    LoRA adapters (``*_lora.lora_A/B``) are loaded only with ``adapters``; otherwise
+    the model's adapters keep their initial values (a base model to adapt).
 
     Raises:
         RuntimeError: a weight of the model is missing from the checkpoint.
@@ -309,17 +311,23 @@ def load_model_weights(path: str | os.PathLike, model_chunks: list) -> None:
     chunks = [_unwrap(c) for c in model_chunks]
     sharded = _model_sharded(chunks)
     for key, part in sharded.items():
-        sharded[key] = {k: v for k, v in part.items() if not k.endswith("_extra_state")}
+        sharded[key] = {k: v for k, v in part.items() if not _optional_key(k, adapters)}
     loaded = dist_checkpointing.load(sharded, str(path))
     for i, chunk in enumerate(chunks):
         state = loaded["model"] if len(chunks) == 1 else loaded[f"model{i}"]
         missing, unexpected = chunk.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.endswith("_extra_state")]
+        missing = [k for k in missing if not _optional_key(k, adapters)]
         if missing or unexpected:
             raise RuntimeError(
                 f"loading weights from {path}: missing {missing}, unexpected {unexpected}"
             )
     log.info("loaded model weights from %s", path)
+
+
+def _optional_key(key: str, adapters: bool) -> bool:
+    if key.endswith("_extra_state"):
+        return True
+    return not adapters and key.endswith(("_lora.lora_A", "_lora.lora_B"))
 
 
 def save_model_weights(path: str | os.PathLike, model_chunks: list, write_metadata) -> Path:

@@ -167,12 +167,71 @@ class StageConfig:
     steps: int | None = None
     """Optimizer steps of this stage; None (last stage only): the rest of ``train.steps``."""
     trainable: list[str] = field(default_factory=lambda: ["all"])
-    """What trains: ``all``, ``embeddings`` (input embeddings), ``lm_head`` (output layer), or
+    """What trains: ``all``, ``embeddings`` (input embeddings), ``lm_head`` (output layer),
+    ``lora`` (the adapters; the default when ``lora.enabled``), or
     glob patterns over global parameter names (``decoder.layers.*.mlp.*``). Tied input and
     output embeddings are one parameter: naming either trains both (all their PP copies)."""
     optimizer: dict[str, Any] = field(default_factory=dict)
     """Overrides of :class:`OptimizerConfig` fields for this stage (``lr``, ``min_lr``,
     ``schedule``, ``warmup_steps``, ``decay_steps``, ``weight_decay`` ...)."""
+
+
+@dataclass
+class ObjectiveConfig:
+    """The training objective: causal LM, hybrid causal + masked next-token prediction, bidirectional.
+
+    See docs/training.md ("Objectives"). MNTP samples keep the original next tokens
+    as labels and count the loss only at positions whose next token was masked;
+    their attention is bidirectional within each document.
+    """
+
+    mntp_fraction: float = 0.0
+    """Share of sequences trained with MNTP (0 = pure causal LM; NorMistral used 0.1)."""
+    mask_ratio: float = 1 / 6
+    """Share of an MNTP sample's maskable (non-special) tokens that are masked."""
+    mask_span_min: int = 1
+    """Shortest masked span (tokens)."""
+    mask_span_max: int = 3
+    """Longest masked span (tokens)."""
+    mask_token_prob: float = 0.8
+    """Share of spans replaced by the mask token."""
+    random_token_prob: float = 0.1
+    """Share of spans replaced by random tokens (the rest are kept unchanged)."""
+    mask_token: str | None = None
+    """Mask token string (None: the tokenizer's ``mask_token``, else an added ``<mask>``)."""
+    bidirectional: bool = False
+    """Bidirectional mode (LLM2Vec): every sequence is an MNTP sample with full attention
+    within its documents, in training and validation (``mntp_fraction`` must be 0 or 1)."""
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any sequence is an MNTP sample."""
+        return self.bidirectional or self.mntp_fraction > 0
+
+
+@dataclass
+class LoraConfig:
+    """Low-rank adapters (LoRA) on the decoder's parallel linear layers.
+
+    With ``enabled`` the base weights are frozen and only the adapters train
+    (unless a stage's ``trainable`` names more). Each adapted layer computes
+    ``W x + (alpha / rank) * B (A dropout(x))`` with ``B`` zero at the start,
+    so the adapted model starts equal to the base model.
+    """
+
+    enabled: bool = False
+    """Add adapters and train only them (a stage's default ``trainable`` becomes ``lora``)."""
+    rank: int = 16
+    """Rank ``r`` of each adapter (A is ``[r, in]``, B ``[out, r]``)."""
+    alpha: float = 32
+    """Scale numerator: the update is ``(alpha / rank) * B A``."""
+    dropout: float = 0.0
+    """Dropout on the adapter's input while training (0: off)."""
+    target_modules: list[str] = field(
+        default_factory=lambda: ["linear_qkv", "linear_proj", "linear_fc1", "linear_fc2"]
+    )
+    """Adapted layers: ``linear_qkv``, ``linear_proj``, ``linear_fc1`` (gate/up fused),
+    ``linear_fc2`` and ``output_layer`` (untied LM head only)."""
 
 
 @dataclass
@@ -195,3 +254,7 @@ class JobConfig:
     """Logging."""
     stages: list[StageConfig] = field(default_factory=list)
     """Training stages in order (empty: one stage training everything for ``train.steps``)."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """Low-rank adapters (off by default)."""
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    """Causal LM (default), hybrid causal + MNTP, or bidirectional mode."""

@@ -135,6 +135,8 @@ def check_startup(
                 )
     except StageError as e:
         raise StartupError(str(e)) from None
+    _check_objective(cfg)
+    _check_lora(cfg, arch, hardware)
     info = {"dp": dp, "grad_accum": d.global_batch_size // (d.micro_batch_size * dp)}
     if not hardware:
         return info
@@ -164,7 +166,39 @@ def check_startup(
             "data.document_attention uses an explicit attention mask, which the "
             "TransformerEngine spec does not take; set model.transformer_engine=false"
         )
+    if cfg.objective.enabled and (te if m.transformer_engine is None else m.transformer_engine):
+        raise StartupError(
+            "objective.mntp_fraction/objective.bidirectional use an explicit per-sample "
+            "attention mask (bidirectional within documents), which the TransformerEngine "
+            "spec does not take; set model.transformer_engine=false"
+        )
     return info
+
+
+def _check_objective(cfg: JobConfig) -> None:
+    """Value checks of the ``objective`` section (see docs/training.md, "Objectives")."""
+    o = cfg.objective
+    if not 0.0 <= o.mntp_fraction <= 1.0:
+        raise StartupError(f"objective.mntp_fraction={o.mntp_fraction}: choose a value in [0, 1]")
+    if o.bidirectional and o.mntp_fraction not in (0.0, 1.0):
+        raise StartupError(
+            f"objective.bidirectional=true trains every sequence with MNTP, but "
+            f"objective.mntp_fraction={o.mntp_fraction}; leave it at 0 (or 1), or set "
+            "bidirectional=false for a hybrid run"
+        )
+    if not 1 <= o.mask_span_min <= o.mask_span_max:
+        raise StartupError(
+            f"objective.mask_span_min={o.mask_span_min}, mask_span_max={o.mask_span_max}: "
+            "need 1 <= mask_span_min <= mask_span_max"
+        )
+    if not 0.0 < o.mask_ratio < 1.0:
+        raise StartupError(f"objective.mask_ratio={o.mask_ratio}: choose a value in (0, 1)")
+    probs = (o.mask_token_prob, o.random_token_prob)
+    if min(probs) < 0 or sum(probs) > 1.0 + 1e-9:
+        raise StartupError(
+            f"objective.mask_token_prob={o.mask_token_prob} + random_token_prob="
+            f"{o.random_token_prob}: both >= 0 and at most 1 together"
+        )
 
 
 def _apex_available() -> bool:
@@ -173,6 +207,18 @@ def _apex_available() -> bool:
     except ImportError:
         return False
     return torch.cuda.is_available()
+
+
+def _check_lora(cfg: JobConfig, arch: LlamaArch, hardware: bool) -> None:
+    """The ``lora`` section against the model and the layer spec this machine would use."""
+    from megatron_lang.training.lora import LoraError, check_config
+
+    te = cfg.model.transformer_engine
+    use_te = (transformer_engine_available() if hardware else False) if te is None else te
+    try:
+        check_config(cfg, use_te, arch.tie_word_embeddings)
+    except LoraError as e:
+        raise StartupError(str(e)) from None
 
 
 def transformer_config(cfg: JobConfig, arch: LlamaArch):
@@ -220,6 +266,10 @@ def build_model_chunks(cfg: JobConfig, src: ModelSource, config) -> list:
             use_te=cfg.model.transformer_engine,
             padded_vocab=src.padded_vocab,
         )
+        if cfg.lora.enabled:
+            from megatron_lang.training.lora import apply_lora
+
+            apply_lora(model, cfg.lora, cfg.train.seed)
         if torch.cuda.is_available():
             model.cuda(torch.cuda.current_device())
         chunks.append(model)

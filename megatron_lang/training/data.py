@@ -76,10 +76,53 @@ def build_train_data(cfg: JobConfig, tokenizer_dir: str | None) -> TrainData:
         path_to_cache=d.cache_dir,
         reset_position_ids=doc,
         reset_attention_mask=doc,
-        create_attention_mask=doc,
+        create_attention_mask=doc and not cfg.objective.enabled,  # objectives build their own
         eod_mask_loss=d.eod_mask_loss,
     )
-    return TrainData(built.train, built.valid, [s.name for s in spec.sources], eod)
+    train, valid = built.train, built.valid
+    if cfg.objective.enabled:
+        from megatron_lang.data.objectives import ObjectiveDataset
+
+        masking = masking_spec(cfg, tokenizer_dir, eod, vocab)
+        train = ObjectiveDataset(train, masking)
+        if cfg.objective.bidirectional:  # validation is MNTP too; hybrid runs validate causally
+            valid = {name: ObjectiveDataset(ds, masking) for name, ds in valid.items()}
+    return TrainData(train, valid, [s.name for s in spec.sources], eod)
+
+
+def masking_spec(cfg: JobConfig, tokenizer_dir: str | None, eod: int, vocab: int):
+    """The MNTP :class:`~megatron_lang.data.objectives.MaskingSpec` of this job.
+
+    Raises:
+        StartupError: the tokenizer has no mask token.
+    """
+    from megatron_lang.data.objectives import MaskingSpec, tokenizer_special_ids
+    from megatron_lang.training.build import StartupError
+
+    o = cfg.objective
+    special, mask_id = tokenizer_special_ids(tokenizer_dir, o.mask_token)
+    if mask_id is None:
+        wanted = repr(o.mask_token) if o.mask_token else "a mask_token (e.g. <mask>)"
+        raise StartupError(
+            f"objective.mntp_fraction/bidirectional need a mask token, but tokenizer "
+            f"{tokenizer_dir} has no {wanted}; add one with tools/preprocess/extend_vocab.py "
+            "--mask-token '<mask>' (or train one with tools/preprocess/train_tokenizer.py, "
+            "which adds <mask>), or name an existing token with objective.mask_token"
+        )
+    return MaskingSpec(
+        mask_id=mask_id,
+        vocab_size=vocab,
+        special_ids=frozenset(special | {eod}),
+        eod_id=eod,
+        fraction=1.0 if o.bidirectional else o.mntp_fraction,
+        ratio=o.mask_ratio,
+        span_min=o.mask_span_min,
+        span_max=o.mask_span_max,
+        mask_prob=o.mask_token_prob,
+        random_prob=o.random_token_prob,
+        document_causal=cfg.data.document_attention,
+        seed=cfg.train.seed,
+    )
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:

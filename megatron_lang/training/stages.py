@@ -21,7 +21,8 @@ from megatron_lang.config.loader import ConfigError, to_dict
 
 EMBEDDING = "embedding.word_embeddings.weight"
 OUTPUT = "output_layer.weight"
-GROUPS = {"all": None, "embeddings": (EMBEDDING,), "lm_head": (OUTPUT,)}
+LORA = ("*_lora.lora_A", "*_lora.lora_B")
+GROUPS = {"all": None, "embeddings": (EMBEDDING,), "lm_head": (OUTPUT,), "lora": LORA}
 
 
 class StageError(ValueError):
@@ -59,7 +60,8 @@ def resolve_stages(cfg: JobConfig) -> list[Stage]:
             add up to ``train.steps``, an unknown optimizer key, an empty trainable list.
     """
     total = cfg.train.steps
-    stages = cfg.stages or [StageConfig(name="full", steps=total)]
+    default = ["lora"] if cfg.lora.enabled else ["all"]
+    stages = cfg.stages or [StageConfig(name="full", steps=total, trainable=default)]
     out, start = [], 0
     for i, st in enumerate(stages):
         where = f"stages.{i} ({st.name!r})"

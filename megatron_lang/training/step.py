@@ -14,11 +14,28 @@ from functools import partial
 import torch
 import torch.distributed as dist
 
+OBJECTIVE_FIELDS = 5
+"""Report entries after the per-source ones: causal loss sum, causal tokens, MNTP loss sum,
+MNTP tokens, MNTP samples."""
 
-def loss_func(loss_mask: torch.Tensor, dataset_id: torch.Tensor | None, n_sources: int, output):
+
+def report_size(n_sources: int) -> int:
+    """Length of the report vector for ``n_sources`` blend sources."""
+    return 2 + 2 * n_sources + OBJECTIVE_FIELDS
+
+
+def loss_func(
+    loss_mask: torch.Tensor,
+    dataset_id: torch.Tensor | None,
+    n_sources: int,
+    output,
+    mntp: torch.Tensor | None = None,
+):
     """Masked per-token loss sum, token count, and a report vector for logging.
 
-    The report is ``[loss_sum, tokens, per-source loss sums..., per-source tokens...]``.
+    The report is ``[loss_sum, tokens, per-source loss sums..., per-source tokens...,
+    causal loss sum, causal tokens, MNTP loss sum, MNTP tokens, MNTP samples]``;
+    ``mntp`` (``[b]``, 1 for MNTP samples) splits the loss by objective (None: all causal).
     """
     losses = output.float()
     mask = loss_mask.float().view_as(losses)
@@ -26,9 +43,16 @@ def loss_func(loss_mask: torch.Tensor, dataset_id: torch.Tensor | None, n_source
     tokens_per_sample = mask.sum(dim=1)
     loss_sum = per_sample.sum()
     num_tokens = mask.sum().to(torch.int)
-    report = torch.zeros(2 + 2 * n_sources, device=losses.device)
+    report = torch.zeros(report_size(n_sources), device=losses.device)
     report[0] = loss_sum.detach()
     report[1] = tokens_per_sample.sum()
+    is_mntp = torch.zeros_like(per_sample) if mntp is None else mntp.to(losses).view(-1)
+    base = 2 + 2 * n_sources
+    report[base] = (per_sample.detach() * (1 - is_mntp)).sum()
+    report[base + 1] = (tokens_per_sample * (1 - is_mntp)).sum()
+    report[base + 2] = (per_sample.detach() * is_mntp).sum()
+    report[base + 3] = (tokens_per_sample * is_mntp).sum()
+    report[base + 4] = is_mntp.sum()
     if dataset_id is not None and n_sources:
         ids = dataset_id.to(losses.device).long().view(-1)
         report[2 : 2 + n_sources].index_add_(0, ids, per_sample.detach())
@@ -43,7 +67,7 @@ def forward_step(n_sources: int, data_iterator, model):
 
     batch = next(data_iterator)
     if parallel_state.get_context_parallel_world_size() > 1:
-        per_sample = {k: batch[k] for k in ("dataset_id",) if k in batch}
+        per_sample = {k: batch[k] for k in ("dataset_id", "mntp") if k in batch}
         batch = {k: v for k, v in batch.items() if k not in per_sample}
         batch = {**get_batch_on_this_cp_rank(batch), **per_sample}
     output = model(
@@ -52,7 +76,10 @@ def forward_step(n_sources: int, data_iterator, model):
         batch.get("attention_mask"),
         labels=batch["labels"],
     )
-    return output, partial(loss_func, batch["loss_mask"], batch.get("dataset_id"), n_sources)
+    extra = {"mntp": batch["mntp"]} if "mntp" in batch else {}
+    return output, partial(
+        loss_func, batch["loss_mask"], batch.get("dataset_id"), n_sources, **extra
+    )
 
 
 def run_schedule(
@@ -81,7 +108,7 @@ def run_schedule(
         micro_batch_size=microbatches[0]["tokens"].shape[0],
         forward_only=forward_only,
     )
-    report = torch.zeros(2 + 2 * n_sources)
+    report = torch.zeros(report_size(n_sources))
     if torch.cuda.is_available():
         report = report.cuda()
     last = parallel_state.is_pipeline_last_stage(ignore_virtual=True)
@@ -93,8 +120,14 @@ def run_schedule(
     return report.cpu()
 
 
-def summarize(report: torch.Tensor, source_names: list[str]) -> dict[str, float]:
-    """``{"loss": ..., "tokens": ..., "loss/<source>": ...}`` from a report vector."""
+def summarize(
+    report: torch.Tensor, source_names: list[str], objective: bool = False
+) -> dict[str, float]:
+    """``{"loss": ..., "tokens": ..., "loss/<source>": ...}`` from a report vector.
+
+    With ``objective`` (a hybrid or bidirectional run) also ``loss/causal`` and
+    ``loss/mntp`` (when the step had such tokens), ``mntp_tokens`` and ``mntp_samples``.
+    """
     n = len(source_names)
     tokens = float(report[1])
     out = {"loss": float(report[0]) / tokens if tokens else float("nan"), "tokens": tokens}
@@ -102,4 +135,12 @@ def summarize(report: torch.Tensor, source_names: list[str]) -> dict[str, float]
         t = float(report[2 + n + i])
         if t:
             out[f"loss/{name}"] = float(report[2 + i]) / t
+    if objective:
+        base = 2 + 2 * n
+        for j, kind in enumerate(("causal", "mntp")):
+            t = float(report[base + 2 * j + 1])
+            if t:
+                out[f"loss/{kind}"] = float(report[base + 2 * j]) / t
+        out["mntp_tokens"] = float(report[base + 3])
+        out["mntp_samples"] = float(report[base + 4])
     return out

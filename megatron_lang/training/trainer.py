@@ -229,7 +229,9 @@ class Trainer:
             d.seq_length,
             len(self.data.source_names),
         )
-        metrics = step.summarize(report, self.data.source_names)
+        metrics = step.summarize(
+            report, self.data.source_names, objective=self.cfg.objective.enabled
+        )
         self.state.step += 1
         self.state.consumed_samples += d.global_batch_size
         if math.isfinite(metrics["loss"]):
@@ -363,6 +365,7 @@ class Trainer:
 
     def _write_metadata(self, path: Path) -> None:
         from megatron_lang.checkpointing.metadata import CheckpointMetadata, save_metadata
+        from megatron_lang.training.lora import metadata as lora_metadata
 
         meta = CheckpointMetadata(
             arch=self.src.arch,
@@ -370,7 +373,11 @@ class Trainer:
             dtype={"bf16": "bfloat16", "fp32": "float32"}[self.cfg.model.dtype],
             hf_config=self.src.hf_config,
             source=self.src.checkpoint or f"preset:{self.cfg.model.preset}",
-            extra={"step": self.state.step, "consumed_samples": self.state.consumed_samples},
+            extra={
+                "step": self.state.step,
+                "consumed_samples": self.state.consumed_samples,
+                **({"lora": lora_metadata(self.cfg.lora)} if self.cfg.lora.enabled else {}),
+            },
         )
         save_metadata(path, meta, tokenizer_dir=self.src.tokenizer_dir)
         (path / "job.yaml").write_text(dump_yaml(self.cfg))
