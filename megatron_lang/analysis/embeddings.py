@@ -105,38 +105,21 @@ def sequence_embeddings(
         batch_size: texts per forward pass.
         max_length: truncate texts to this many tokens (None: no limit).
     """
-    from megatron.core import parallel_state
-
-    from megatron_lang.checkpointing.metadata import load_metadata
-    from megatron_lang.conversion.megatron_io import single_process_group
-    from megatron_lang.conversion.megatron_model import load_model
-    from megatron_lang.platform import ParallelLayout, initialize_model_parallel, set_seed
+    from megatron_lang.conversion.megatron_model import single_process_model
 
     ckpt_dir = Path(ckpt_dir)
     ids = _tokenize(ckpt_dir, list(texts), max_length)
-    a = load_metadata(ckpt_dir).arch
     out: list[torch.Tensor] = []
-    with single_process_group(megatron_on_cpu=True):
-        initialize_model_parallel(
-            ParallelLayout(),
-            num_layers=a.num_layers,
-            num_attention_heads=a.num_attention_heads,
-            num_query_groups=a.num_query_groups,
-        )
-        try:
-            set_seed(0)
-            model, _ = load_model(ckpt_dir, torch.float32)
-            for i in range(0, len(ids), batch_size):
-                chunk = ids[i : i + batch_size]
-                s = max(len(x) for x in chunk)
-                tokens_BS = torch.zeros(len(chunk), s, dtype=torch.long)
-                valid_BS = torch.zeros(len(chunk), s, dtype=torch.bool)
-                for r, x in enumerate(chunk):
-                    tokens_BS[r, : len(x)] = torch.tensor(x)
-                    valid_BS[r, : len(x)] = True
-                hidden_BSH = final_hidden_states(model, tokens_BS, valid_BS, bidirectional)
-                out.append(mean_pool(hidden_BSH, valid_BS))
-        finally:
-            parallel_state.destroy_model_parallel()
+    with single_process_model(ckpt_dir, torch.float32) as (model, _):
+        for i in range(0, len(ids), batch_size):
+            chunk = ids[i : i + batch_size]
+            s = max(len(x) for x in chunk)
+            tokens_BS = torch.zeros(len(chunk), s, dtype=torch.long)
+            valid_BS = torch.zeros(len(chunk), s, dtype=torch.bool)
+            for r, x in enumerate(chunk):
+                tokens_BS[r, : len(x)] = torch.tensor(x)
+                valid_BS[r, : len(x)] = True
+            hidden_BSH = final_hidden_states(model, tokens_BS, valid_BS, bidirectional)
+            out.append(mean_pool(hidden_BSH, valid_BS))
     log.info("embedded %d texts with %s (bidirectional=%s)", len(ids), ckpt_dir, bidirectional)
     return torch.cat(out)

@@ -282,34 +282,18 @@ def open_model(
         )
         return
 
-    from megatron.core import parallel_state
-
-    from megatron_lang.checkpointing.metadata import load_metadata, tokenizer_path
-    from megatron_lang.conversion.megatron_io import single_process_group
-    from megatron_lang.conversion.megatron_model import load_model
-    from megatron_lang.platform import ParallelLayout, initialize_model_parallel, set_seed
+    from megatron_lang.checkpointing.metadata import tokenizer_path
+    from megatron_lang.conversion.megatron_model import single_process_model
 
     tok_dir = Path(tokenizer) if tokenizer else tokenizer_path(resolved)
     if tok_dir is None:
         raise EvaluationError(f"checkpoint {resolved} has no tokenizer/ folder; pass a tokenizer")
     tok = _load_tokenizer(tok_dir, label)
-    meta = load_metadata(resolved)
-    a = meta.arch
-    with single_process_group(megatron_on_cpu=True):
-        initialize_model_parallel(
-            ParallelLayout(),
-            num_layers=a.num_layers,
-            num_attention_heads=a.num_attention_heads,
-            num_query_groups=a.num_query_groups,
+    with single_process_model(resolved, torch.float32) as (module, meta):
+        a = meta.arch
+        yield LoadedModel(
+            label, resolved, kind, tok, a.vocab_size, a.max_position_embeddings, module
         )
-        try:
-            set_seed(0)
-            module, _ = load_model(resolved, torch.float32)
-            yield LoadedModel(
-                label, resolved, kind, tok, a.vocab_size, a.max_position_embeddings, module
-            )
-        finally:
-            parallel_state.destroy_model_parallel()
 
 
 # ----------------------------------------------------------------------------- scoring

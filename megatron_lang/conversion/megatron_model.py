@@ -6,7 +6,9 @@ Used by ``--verify`` (one process, TP=1/PP=1) and by the tests at TP=2 and PP=2
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +67,34 @@ def load_model(
     load_checkpoint_into(model, Path(ckpt_dir))
     model.eval()
     return model, meta
+
+
+@contextlib.contextmanager
+def single_process_model(
+    ckpt_dir: str | os.PathLike, params_dtype: torch.dtype = torch.float32
+) -> Iterator[tuple[Any, CheckpointMetadata]]:
+    """The checkpoint's model at TP=1/PP=1 in a one-process gloo group (verify, evaluation).
+
+    The model-parallel state is torn down when the block ends.
+    """
+    from megatron.core import parallel_state
+
+    from megatron_lang.conversion.megatron_io import single_process_group
+    from megatron_lang.platform import ParallelLayout, initialize_model_parallel, set_seed
+
+    a = load_metadata(ckpt_dir).arch
+    with single_process_group(megatron_on_cpu=True):
+        initialize_model_parallel(
+            ParallelLayout(),
+            num_layers=a.num_layers,
+            num_attention_heads=a.num_attention_heads,
+            num_query_groups=a.num_query_groups,
+        )
+        try:
+            set_seed(0)
+            yield load_model(ckpt_dir, params_dtype)
+        finally:
+            parallel_state.destroy_model_parallel()
 
 
 @torch.no_grad()

@@ -100,33 +100,16 @@ def _hf_outputs(hf_path: str | os.PathLike, ids: torch.Tensor) -> tuple[torch.Te
 
 
 def _megatron_outputs(ckpt_dir: str | os.PathLike, ids: torch.Tensor) -> tuple[torch.Tensor, dict]:
-    from megatron.core import parallel_state
+    from megatron_lang.conversion.megatron_model import forward_logits, single_process_model
 
-    from megatron_lang.conversion.megatron_io import single_process_group
-    from megatron_lang.conversion.megatron_model import forward_logits, load_model
-    from megatron_lang.platform import ParallelLayout, initialize_model_parallel, set_seed
-
-    meta = load_metadata(ckpt_dir)
-    a = meta.arch
-    with single_process_group(megatron_on_cpu=True):
-        initialize_model_parallel(
-            ParallelLayout(),
-            num_layers=a.num_layers,
-            num_attention_heads=a.num_attention_heads,
-            num_query_groups=a.num_query_groups,
-        )
-        try:
-            set_seed(0)
-            model, _ = load_model(ckpt_dir, torch.float32)
-            mods = {"embedding": model.embedding}
-            mods.update({f"layer {i}": layer for i, layer in enumerate(model.decoder.layers)})
-            mods["final norm"] = model.decoder.final_layernorm
-            acts, handles = _capture(mods, seq_first=True)
-            logits = forward_logits(model, ids, a.vocab_size)
-            for h in handles:
-                h.remove()
-        finally:
-            parallel_state.destroy_model_parallel()
+    with single_process_model(ckpt_dir, torch.float32) as (model, meta):
+        mods = {"embedding": model.embedding}
+        mods.update({f"layer {i}": layer for i, layer in enumerate(model.decoder.layers)})
+        mods["final norm"] = model.decoder.final_layernorm
+        acts, handles = _capture(mods, seq_first=True)
+        logits = forward_logits(model, ids, meta.arch.vocab_size)
+        for h in handles:
+            h.remove()
     return logits, acts
 
 
