@@ -1,7 +1,9 @@
 # megatron_lang: install, test, checks.
 #   make install   create .venv, install the pinned dependencies, build the C++ extension
 #   make test      install if needed, then run the whole test suite
-#   make quickstart  the whole workflow on CPU: SmolLM2-135M -> Danish CPT -> HF export
+#   make demo      the end-to-end demo on CPU: SmolLM2-135M adapted to Danish (vocabulary
+#                  extension, staged CPT at TP=3, evaluation, HF export), ~15 min on 2 cores
+#   make quickstart  a shorter workflow on CPU: SmolLM2-135M -> Danish CPT -> HF export
 #   make bench     the CPU benchmarks (preprocessing, conversion, trainer overhead)
 #   make checks    ruff lint + format check
 #   make clean     remove build outputs (keeps .venv); `make distclean` removes .venv too
@@ -14,7 +16,7 @@ STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install test quickstart bench checks format clean distclean
+.PHONY: install test demo quickstart bench checks format clean distclean
 
 install: $(STAMP)
 
@@ -37,6 +39,9 @@ test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
+demo: $(STAMP)
+	PYTHON=$(PY) examples/demo.sh
+
 quickstart: $(STAMP)
 	PYTHON=$(PY) examples/cpu_quickstart.sh
 
@@ -54,7 +59,7 @@ format: $(STAMP)
 	$(PY) -m ruff check --fix .
 
 clean:
-	rm -rf build *.egg-info megatron_lang/_C*.so .pytest_cache .ruff_cache runs/quickstart
+	rm -rf build *.egg-info megatron_lang/_C*.so .pytest_cache .ruff_cache runs/quickstart runs/demo
 	find . -name __pycache__ -not -path "./$(VENV)/*" -prune -exec rm -rf {} +
 
 distclean: clean

@@ -17,6 +17,10 @@ examples:
   python -m megatron_lang.train --config examples/configs/llama3_8b_cpt.yaml --dry-run \\
       --world-size 16 parallel.tensor_parallel=2 data.global_batch_size=512
 
+  # a full-scale recipe, also checked as on CUDA nodes with TransformerEngine (FP8, LoRA)
+  python -m megatron_lang.train --config examples/recipes/normistral_11b.yaml --dry-run \\
+      --world-size 64 --assume-cuda-te
+
   # override any field with a.b.c=value
   torchrun ... -m megatron_lang.train --config job.yaml optimizer.lr=1e-4 train.steps=2000
 """
@@ -38,6 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="ranks to validate the layout against in --dry-run "
         "(default: WORLD_SIZE / SLURM_NTASKS, else 1)",
     )
+    p.add_argument(
+        "--assume-cuda-te",
+        action="store_true",
+        help="with --dry-run: also run the start-up checks as on a CUDA node with "
+        "TransformerEngine (e.g. FP8 with model.transformer_engine=false, LoRA with the TE "
+        "spec) and print the layer spec the job gets there",
+    )
     p.add_argument("overrides", nargs="*", help="a.b.c=value overrides")
     return p
 
@@ -53,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_job_config(args.config, args.overrides)
         if args.dry_run:
-            print(describe(cfg, args.world_size or world_size_from_env()))
+            world = args.world_size or world_size_from_env()
+            print(describe(cfg, world, assume_cuda_te=args.assume_cuda_te))
             return 0
     except (ConfigError, StartupError, ParallelConfigError, KeyError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -110,7 +110,7 @@ def sequence_embeddings(
     ckpt_dir = Path(ckpt_dir)
     ids = _tokenize(ckpt_dir, list(texts), max_length)
     out: list[torch.Tensor] = []
-    with single_process_model(ckpt_dir, torch.float32) as (model, _):
+    with single_process_model(ckpt_dir, torch.float32, arbitrary_mask=True) as (model, _):
         for i in range(0, len(ids), batch_size):
             chunk = ids[i : i + batch_size]
             s = max(len(x) for x in chunk)

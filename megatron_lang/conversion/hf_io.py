@@ -180,6 +180,48 @@ def _gguf_source(path: Path) -> InMemorySource:
     return src
 
 
+def gguf_to_hf_dir(gguf: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+    """De-quantise a ``.gguf`` model into an fp32 safetensors HF directory (config, tokenizer).
+
+    transformers 5.x refuses ``save_pretrained`` on a GGUF-loaded model (it counts as
+    quantized), so the tensors, the config (without its quantization fields) and the
+    tokenizer are written directly. The directory appears complete or not at all.
+
+    Raises:
+        ConversionError: ``gguf`` is not a ``.gguf`` file; ``out_dir`` exists.
+    """
+    import shutil
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    src, out = Path(gguf), Path(out_dir)
+    if not (src.is_file() and src.suffix == ".gguf"):
+        raise ConversionError(f"{src} is not a .gguf file")
+    if out.exists():
+        raise ConversionError(f"{out} exists; remove it or choose another output directory")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
+    try:
+        source = _gguf_source(src)
+        sd = {k: v.contiguous() for k, v in source._sd.items()}
+        save_file(sd, tmp / "model.safetensors", metadata={"format": "pt"})
+        cfg = source.config
+        for attr in ("quantization_config", "_pre_quantization_dtype"):
+            if hasattr(cfg, attr):
+                delattr(cfg, attr)
+        cfg.architectures = [cfg.architectures[0] if cfg.architectures else "LlamaForCausalLM"]
+        cfg.save_pretrained(tmp)
+        for f in Path(source.tokenizer_dir).iterdir():
+            shutil.copy2(f, tmp / f.name)
+        source.close()
+        tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return out
+
+
 def open_hf(path: str | os.PathLike) -> HFSource:
     """Open an HF directory (safetensors or .bin) or a ``.gguf`` file for reading.
 

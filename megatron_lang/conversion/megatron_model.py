@@ -20,9 +20,15 @@ from megatron_lang.models.gpt import build_gpt_model
 
 
 def build_model_for_checkpoint(
-    meta: CheckpointMetadata, params_dtype: torch.dtype = torch.float32, **config_overrides: Any
+    meta: CheckpointMetadata,
+    params_dtype: torch.dtype = torch.float32,
+    arbitrary_mask: bool = False,
+    **config_overrides: Any,
 ) -> Any:
     """GPTModel (this rank's TP/PP part) whose vocabulary matches the checkpoint's padding.
+
+    ``arbitrary_mask``: the caller passes explicit attention masks (bidirectional
+    embeddings): local core attention also where the TE spec is used.
 
     Raises:
         ValueError: the padded vocabulary does not split over the current TP size.
@@ -48,7 +54,9 @@ def build_model_for_checkpoint(
         perform_initialization=False,
         **config_overrides,
     )
-    return build_gpt_model(meta.arch, config, make_vocab_size_divisible_by=divisor)
+    return build_gpt_model(
+        meta.arch, config, make_vocab_size_divisible_by=divisor, arbitrary_mask=arbitrary_mask
+    )
 
 
 def load_checkpoint_into(model: Any, ckpt_dir: str | os.PathLike) -> None:
@@ -59,11 +67,13 @@ def load_checkpoint_into(model: Any, ckpt_dir: str | os.PathLike) -> None:
 
 
 def load_model(
-    ckpt_dir: str | os.PathLike, params_dtype: torch.dtype = torch.float32
+    ckpt_dir: str | os.PathLike,
+    params_dtype: torch.dtype = torch.float32,
+    arbitrary_mask: bool = False,
 ) -> tuple[Any, CheckpointMetadata]:
     """Build this rank's GPTModel for a converted checkpoint and load its weights."""
     meta = load_metadata(ckpt_dir)
-    model = build_model_for_checkpoint(meta, params_dtype)
+    model = build_model_for_checkpoint(meta, params_dtype, arbitrary_mask)
     load_checkpoint_into(model, Path(ckpt_dir))
     model.eval()
     return model, meta
@@ -71,7 +81,9 @@ def load_model(
 
 @contextlib.contextmanager
 def single_process_model(
-    ckpt_dir: str | os.PathLike, params_dtype: torch.dtype = torch.float32
+    ckpt_dir: str | os.PathLike,
+    params_dtype: torch.dtype = torch.float32,
+    arbitrary_mask: bool = False,
 ) -> Iterator[tuple[Any, CheckpointMetadata]]:
     """The checkpoint's model at TP=1/PP=1 in a one-process gloo group (verify, evaluation).
 
@@ -92,7 +104,7 @@ def single_process_model(
         )
         try:
             set_seed(0)
-            yield load_model(ckpt_dir, params_dtype)
+            yield load_model(ckpt_dir, params_dtype, arbitrary_mask)
         finally:
             parallel_state.destroy_model_parallel()
 

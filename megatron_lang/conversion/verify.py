@@ -118,15 +118,21 @@ def verify_conversion(
     ckpt_dir: str | os.PathLike,
     tolerance: float = 1e-3,
     input_ids: torch.Tensor | None = None,
+    exported: bool = False,
 ) -> VerifyReport:
     """Compare fp32 logits of the HF model at ``hf_path`` and the Megatron checkpoint.
 
+    ``exported``: ``hf_path`` was exported from ``ckpt_dir`` (``megatron_to_hf``), so the
+    two share the checkpoint's vocabulary even when that vocabulary was changed at
+    conversion time; without it a changed vocabulary cannot be compared with its source.
+
     Raises:
+        ValueError: the checkpoint records a vocabulary change and ``exported`` is False.
         VerificationError: the max abs difference exceeds ``tolerance`` (the
             message names the first diverging module).
     """
     meta = load_metadata(ckpt_dir)
-    if meta.extra.get("vocab_change"):
+    if meta.extra.get("vocab_change") and not exported:
         raise ValueError(
             "--verify compares against the source model; not possible after a vocabulary change"
         )

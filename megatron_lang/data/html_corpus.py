@@ -114,6 +114,12 @@ class CorpusStats:
     documents: int = 0
     characters: int = 0
     skipped_empty: int = 0
+    heldout_documents: int = 0
+    """Documents written to the held-out file (counted in ``documents`` too)."""
+    heldout_characters: int = 0
+    filtered_paragraphs: int = 0
+    """Paragraphs dropped by the language filter."""
+    filtered_characters: int = 0
 
 
 def iter_html_documents(root: Path, lang: str) -> Iterator[dict[str, str]]:
@@ -135,6 +141,10 @@ def build_html_corpus(
     languages: list[str],
     root: str | Path = GIMP_HELP_ROOT,
     max_docs_per_language: int | None = None,
+    *,
+    keep_language: bool = False,
+    heldout: str | Path | None = None,
+    heldout_every: int = 10,
 ) -> CorpusStats:
     """Write a JSONL corpus with one document per HTML page of each language folder.
 
@@ -142,7 +152,14 @@ def build_html_corpus(
         output: the ``.jsonl`` file to write (written to a temporary name, then renamed).
         languages: sub-folders of ``root`` to read, e.g. ``["da", "nn", "en"]``.
         root: the folder holding one sub-folder per language.
-        max_docs_per_language: stop after this many documents per language.
+        max_docs_per_language: stop after this many documents per language (counting
+            held-out ones).
+        keep_language: keep only the paragraphs written in the folder's language
+            (:func:`megatron_lang.data.langfilter.filter_paragraphs`: untranslated English
+            paragraphs of a localised manual are dropped; pages left empty are skipped).
+        heldout: also write every ``heldout_every``-th document (per language) to this
+            JSONL file instead of ``output`` — a page-level split for evaluation.
+        heldout_every: see ``heldout``.
 
     Returns:
         Counts of what was written.
@@ -150,31 +167,65 @@ def build_html_corpus(
     Raises:
         FileNotFoundError: when a language folder does not exist (with a hint
             about the Debian packages).
+        KeyError: ``keep_language`` for a language without a function-word list.
+        ValueError: ``heldout_every`` < 2.
     """
+    from megatron_lang.data.langfilter import FUNCTION_WORDS, filter_paragraphs
+
     output = Path(output)
     root = Path(root)
+    if heldout is not None and heldout_every < 2:
+        raise ValueError(f"heldout_every={heldout_every}: choose 2 or more")
+    for lang in languages:
+        folder = root / lang
+        if not folder.is_dir():
+            raise FileNotFoundError(
+                f"{folder} does not exist; on Debian/Ubuntu install it with "
+                f"`apt-get install gimp-help-{lang}`"
+            )
+        if keep_language and lang not in FUNCTION_WORDS:
+            raise KeyError(
+                f"keep_language: no function-word list for {lang!r}; known: "
+                f"{sorted(FUNCTION_WORDS)}"
+            )
     stats = CorpusStats()
-    tmp = output.with_name(output.name + ".tmp")
-    output.parent.mkdir(parents=True, exist_ok=True)
+    targets = [output] + ([Path(heldout)] if heldout is not None else [])
+    tmps = [t.with_name(t.name + ".tmp") for t in targets]
+    for t in targets:
+        t.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with open(tmp, "w", encoding="utf-8") as out:
+        outs = [open(t, "w", encoding="utf-8") for t in tmps]
+        try:
             for lang in languages:
-                folder = root / lang
-                if not folder.is_dir():
-                    raise FileNotFoundError(
-                        f"{folder} does not exist; on Debian/Ubuntu install it with "
-                        f"`apt-get install gimp-help-{lang}`"
-                    )
                 count = 0
-                for record in iter_html_documents(folder, lang):
-                    out.write(json.dumps(record, ensure_ascii=False) + "\n")
+                for record in iter_html_documents(root / lang, lang):
+                    if keep_language:
+                        text, kept = filter_paragraphs(record["text"], lang)
+                        stats.filtered_paragraphs += kept.dropped
+                        stats.filtered_characters += kept.dropped_chars
+                        if not text:
+                            stats.skipped_empty += 1
+                            continue
+                        record = {**record, "text": text}
+                    to_heldout = heldout is not None and count % heldout_every == heldout_every - 1
+                    outs[1 if to_heldout else 0].write(
+                        json.dumps(record, ensure_ascii=False) + "\n"
+                    )
                     stats.documents += 1
                     stats.characters += len(record["text"])
+                    if to_heldout:
+                        stats.heldout_documents += 1
+                        stats.heldout_characters += len(record["text"])
                     count += 1
                     if max_docs_per_language is not None and count >= max_docs_per_language:
                         break
                 logger.info("%s: %d documents", lang, count)
-        tmp.replace(output)
+        finally:
+            for f in outs:
+                f.close()
+        for tmp, target in zip(tmps, targets):
+            tmp.replace(target)
     finally:
-        tmp.unlink(missing_ok=True)
+        for tmp in tmps:
+            tmp.unlink(missing_ok=True)
     return stats

@@ -1,7 +1,8 @@
 """Build megatron-core's GPTModel for a Llama-family architecture.
 
 The layer spec is TransformerEngine's when TE and a GPU are present (BF16/FP8
-kernels), megatron-core's local spec otherwise (CPU, tests).
+kernels), megatron-core's local spec otherwise (CPU, tests). Jobs with explicit
+per-sample attention masks get the local core attention inside the TE spec.
 """
 
 from __future__ import annotations
@@ -50,16 +51,76 @@ def gpu_fusions(use_te: bool) -> dict[str, bool]:
     }
 
 
-def layer_spec(config: Any, use_te: bool | None = None) -> Any:
-    """Decoder layer spec: TE on GPU when available, local otherwise."""
+def core_attention_kind(use_te: bool, arbitrary_mask: bool) -> str:
+    """Which core attention a decoder layer gets: ``"te"`` or ``"local"``.
+
+    TransformerEngine's ``TEDotProductAttention`` (flash/fused kernels, context
+    parallelism) takes causal or padding masks, not the explicit ``[b, 1, s, s]``
+    boolean mask of the hybrid MNTP / bidirectional objectives and of
+    ``data.document_attention``. Those jobs get megatron-core's local
+    ``DotProductAttention`` (which applies any mask), also inside the TE layer spec,
+    so the TE linear layers and FP8 stay available.
+
+    Args:
+        use_te: the TransformerEngine layer spec is used.
+        arbitrary_mask: the job passes an explicit per-sample attention mask.
+    """
+    return "te" if use_te and not arbitrary_mask else "local"
+
+
+def describe_layer_spec(use_te: bool, arbitrary_mask: bool) -> str:
+    """One line naming the linear layers and core attention a job gets (dry runs, logs)."""
+    if not use_te:
+        return "local (megatron-core linears and norms, local DotProductAttention)"
+    if core_attention_kind(use_te, arbitrary_mask) == "te":
+        return "TransformerEngine (TE linears with fused norms, TEDotProductAttention)"
+    return (
+        "TransformerEngine linears with fused norms (FP8-capable) + megatron-core's local "
+        "DotProductAttention (explicit per-sample attention mask)"
+    )
+
+
+def with_core_attention(spec: Any, core_attention: Any) -> Any:
+    """A copy of a GPT decoder-layer spec with another ``core_attention`` module.
+
+    Only the ``core_attention`` of the self-attention submodules changes; the
+    layer's other submodules (linears, norms, MLP) and their params are kept.
+    """
+    from dataclasses import replace
+
+    attention = spec.submodules.self_attention
+    return replace(
+        spec,
+        submodules=replace(
+            spec.submodules,
+            self_attention=replace(
+                attention,
+                submodules=replace(attention.submodules, core_attention=core_attention),
+            ),
+        ),
+    )
+
+
+def layer_spec(config: Any, use_te: bool | None = None, arbitrary_mask: bool = False) -> Any:
+    """Decoder layer spec: TE on GPU when available, local otherwise.
+
+    With ``arbitrary_mask`` (hybrid MNTP, bidirectional, document attention) the TE
+    spec keeps its linear layers but gets megatron-core's local
+    ``DotProductAttention`` as core attention (see :func:`core_attention_kind`).
+    """
     from megatron.core.models.gpt import gpt_layer_specs
 
     if use_te is None:
         use_te = transformer_engine_available()
     if use_te:
-        return gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec(
+        spec = gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec(
             qk_layernorm=False, fp8=bool(getattr(config, "fp8", None))
         )
+        if core_attention_kind(use_te, arbitrary_mask) == "local":
+            from megatron.core.transformer.dot_product_attention import DotProductAttention
+
+            spec = with_core_attention(spec, DotProductAttention)
+        return spec
     return gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm")
 
 
@@ -72,6 +133,7 @@ def build_gpt_model(
     make_vocab_size_divisible_by: int = 128,
     use_te: bool | None = None,
     padded_vocab: int | None = None,
+    arbitrary_mask: bool = False,
 ) -> Any:
     """GPTModel for ``arch`` on this rank's pipeline stage.
 
@@ -85,6 +147,9 @@ def build_gpt_model(
         use_te: force the TE (True) or local (False) layer spec.
         padded_vocab: use this padded vocabulary size (e.g. the one saved in a
             checkpoint) instead of padding ``arch.vocab_size``; must divide by TP.
+        arbitrary_mask: the model will get explicit per-sample attention masks
+            (MNTP objectives, document attention): local core attention, also
+            with the TE spec (see :func:`layer_spec`).
     """
     from megatron.core import parallel_state
     from megatron.core.models.gpt import GPTModel
@@ -105,6 +170,9 @@ def build_gpt_model(
             f"padded vocabulary size {padded_vocab} must be >= vocab_size {arch.vocab_size} "
             f"and divisible by TP={tp}"
         )
+    if arbitrary_mask and getattr(config, "masked_softmax_fusion", False):
+        # the fused causal softmax kernel ignores the mask it is given
+        raise ValueError("explicit attention masks need masked_softmax_fusion=False")
     rope_scaling = arch.rope_scaling or {}
     rope_type = rope_scaling.get("rope_type", rope_scaling.get("type"))
     kwargs: dict[str, Any] = {}
@@ -113,7 +181,7 @@ def build_gpt_model(
         kwargs["rope_scaling_factor"] = float(rope_scaling.get("factor", 8.0))
     return GPTModel(
         config=config,
-        transformer_layer_spec=layer_spec(config, use_te),
+        transformer_layer_spec=layer_spec(config, use_te, arbitrary_mask),
         vocab_size=padded_vocab,
         max_sequence_length=arch.max_position_embeddings,
         pre_process=pre_process,

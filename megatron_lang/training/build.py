@@ -14,7 +14,12 @@ import torch
 
 from megatron_lang.config import JobConfig, get_preset
 from megatron_lang.models.arch import LlamaArch, padded_vocab_size, to_transformer_config
-from megatron_lang.models.gpt import build_gpt_model, gpu_fusions, transformer_engine_available
+from megatron_lang.models.gpt import (
+    build_gpt_model,
+    describe_layer_spec,
+    gpu_fusions,
+    transformer_engine_available,
+)
 from megatron_lang.platform.logging import get_logger
 
 log = get_logger(__name__)
@@ -80,13 +85,31 @@ def resolve_model(cfg: JobConfig) -> ModelSource:
     return ModelSource(arch, padded, None, {}, cfg.data.tokenizer)
 
 
+def needs_arbitrary_mask(cfg: JobConfig) -> bool:
+    """Whether the job feeds explicit per-sample attention masks to the model.
+
+    True for the hybrid MNTP and bidirectional objectives and for
+    ``data.document_attention``; such models get megatron-core's local core
+    attention (also inside the TransformerEngine spec, see ``models.gpt.layer_spec``).
+    """
+    return cfg.objective.enabled or cfg.data.document_attention
+
+
 def check_startup(
-    cfg: JobConfig, arch: LlamaArch, world_size: int, hardware: bool = True
+    cfg: JobConfig,
+    arch: LlamaArch,
+    world_size: int,
+    hardware: bool = True,
+    assume_cuda_te: bool = False,
 ) -> dict[str, int]:
     """Validate layout, batch arithmetic, option values and (``hardware``) this machine.
 
     A dry run on a login node passes ``hardware=False``: the layout is checked
-    there, the GPU-only options on the compute nodes at start.
+    there, the GPU-only options on the compute nodes at start. With
+    ``assume_cuda_te`` as well, the machine checks run as if on a CUDA node with
+    TransformerEngine (the H100 target): option conflicts such as FP8 with
+    ``model.transformer_engine=false`` or LoRA with the TE spec fail in the dry run.
+    Whether Apex is installed is unknown then, so that check is left to the start.
 
     Returns:
         ``{"dp": ..., "grad_accum": ...}``.
@@ -136,43 +159,62 @@ def check_startup(
     except StageError as e:
         raise StartupError(str(e)) from None
     _check_objective(cfg)
-    _check_lora(cfg, arch, hardware)
+    if needs_arbitrary_mask(cfg) and p.context_parallel > 1:
+        raise StartupError(
+            f"parallel.context_parallel={p.context_parallel} with an explicit attention mask "
+            "(objective.mntp_fraction/objective.bidirectional/data.document_attention): those "
+            "use megatron-core's local DotProductAttention, which has no context parallelism; "
+            "set parallel.context_parallel=1"
+        )
+    if not hardware and assume_cuda_te:
+        cuda, te, apex = True, True, None
+    elif hardware:
+        cuda, te, apex = torch.cuda.is_available(), transformer_engine_available(), None
+    else:
+        cuda = te = apex = None
+    _check_lora(cfg, arch, te)
     info = {"dp": dp, "grad_accum": d.global_batch_size // (d.micro_batch_size * dp)}
-    if not hardware:
+    if te is None:
         return info
-    cuda, te = torch.cuda.is_available(), transformer_engine_available()
+    use_te = te if m.transformer_engine is None else m.transformer_engine
     if m.fp8 is not None:
         if not (cuda and te):
             raise StartupError(
                 f"model.fp8={m.fp8!r} needs a CUDA GPU with TransformerEngine "
                 f"(CUDA available: {cuda}, TransformerEngine usable: {te})"
             )
+        if not use_te:
+            raise StartupError(
+                f"model.fp8={m.fp8!r} needs the TransformerEngine layer spec, but "
+                "model.transformer_engine=false"
+            )
     if m.transformer_engine and not te:
         raise StartupError("model.transformer_engine=true but TransformerEngine/CUDA is not usable")
-    if p.context_parallel > 1 and not te:
+    if p.context_parallel > 1 and not use_te:
         raise StartupError(
             f"parallel.context_parallel={p.context_parallel} needs TransformerEngine attention "
             "on GPUs; megatron-core's local attention has no context parallelism"
         )
-    if p.sequence_parallel and not (te or _apex_available()):
-        raise StartupError(
-            "parallel.sequence_parallel needs TransformerEngine or Apex norms on GPUs; "
-            "megatron-core's torch norm has no sequence parallelism"
-        )
+    if p.sequence_parallel and not use_te:
+        if apex is None and hardware:
+            apex = _apex_available()
+        if apex is False:
+            raise StartupError(
+                "parallel.sequence_parallel needs TransformerEngine or Apex norms on GPUs; "
+                "megatron-core's torch norm has no sequence parallelism"
+            )
     if (opt.overlap_grad_reduce or opt.overlap_param_gather) and not cuda:
         raise StartupError("optimizer.overlap_grad_reduce/overlap_param_gather need CUDA streams")
-    if d.document_attention and (te if m.transformer_engine is None else m.transformer_engine):
-        raise StartupError(
-            "data.document_attention uses an explicit attention mask, which the "
-            "TransformerEngine spec does not take; set model.transformer_engine=false"
-        )
-    if cfg.objective.enabled and (te if m.transformer_engine is None else m.transformer_engine):
-        raise StartupError(
-            "objective.mntp_fraction/objective.bidirectional use an explicit per-sample "
-            "attention mask (bidirectional within documents), which the TransformerEngine "
-            "spec does not take; set model.transformer_engine=false"
-        )
+    # Explicit attention masks (MNTP objectives, document attention) work with the TE
+    # spec too: its layers then get megatron-core's local DotProductAttention (models/gpt.py).
     return info
+
+
+def layer_spec_summary(cfg: JobConfig, te: bool) -> str:
+    """The layer spec a job gets on a machine where TransformerEngine is (not) usable."""
+    m = cfg.model
+    use_te = te if m.transformer_engine is None else bool(m.transformer_engine)
+    return describe_layer_spec(use_te, needs_arbitrary_mask(cfg))
 
 
 def _check_objective(cfg: JobConfig) -> None:
@@ -209,12 +251,16 @@ def _apex_available() -> bool:
     return torch.cuda.is_available()
 
 
-def _check_lora(cfg: JobConfig, arch: LlamaArch, hardware: bool) -> None:
-    """The ``lora`` section against the model and the layer spec this machine would use."""
+def _check_lora(cfg: JobConfig, arch: LlamaArch, te: bool | None) -> None:
+    """The ``lora`` section against the model and the layer spec the machine would use.
+
+    ``te``: TransformerEngine is usable on the machine checked for (None: unknown,
+    a plain dry run; an ``auto`` spec then counts as local).
+    """
     from megatron_lang.training.lora import LoraError, check_config
 
-    te = cfg.model.transformer_engine
-    use_te = (transformer_engine_available() if hardware else False) if te is None else te
+    forced = cfg.model.transformer_engine
+    use_te = bool(te) if forced is None else forced
     try:
         check_config(cfg, use_te, arch.tie_word_embeddings)
     except LoraError as e:
@@ -265,6 +311,7 @@ def build_model_chunks(cfg: JobConfig, src: ModelSource, config) -> list:
             vp_stage=i if vpp > 1 else None,
             use_te=cfg.model.transformer_engine,
             padded_vocab=src.padded_vocab,
+            arbitrary_mask=needs_arbitrary_mask(cfg),
         )
         if cfg.lora.enabled:
             from megatron_lang.training.lora import apply_lora

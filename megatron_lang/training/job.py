@@ -20,15 +20,27 @@ def world_size_from_env(env=None) -> int:
     return 1
 
 
-def describe(cfg: JobConfig, world_size: int) -> str:
-    """Resolved config + the parallel layout and batch arithmetic, as text.
+def describe(cfg: JobConfig, world_size: int, assume_cuda_te: bool = False) -> str:
+    """Resolved config + the parallel layout, batch arithmetic and stages, as text.
+
+    Args:
+        cfg: the job.
+        world_size: ranks to check the layout against.
+        assume_cuda_te: also run the machine checks as on a CUDA node with
+            TransformerEngine (see :func:`~megatron_lang.training.build.check_startup`)
+            and name the layer spec the job gets there.
 
     Raises:
         StartupError / ParallelConfigError: the layout or batch does not divide.
     """
+    from megatron_lang.training.stages import resolve_stages
+
     src = build.resolve_model(cfg)
-    info = build.check_startup(cfg, src.arch, world_size, hardware=False)
+    info = build.check_startup(
+        cfg, src.arch, world_size, hardware=False, assume_cuda_te=assume_cuda_te
+    )
     d, a = cfg.data, src.arch
+    tokens_per_step = d.global_batch_size * d.seq_length
     lines = [
         dump_yaml(cfg).rstrip(),
         "",
@@ -37,9 +49,33 @@ def describe(cfg: JobConfig, world_size: int) -> str:
         f"(padded {src.padded_vocab}), {'checkpoint ' + src.checkpoint if src.checkpoint else 'preset ' + str(cfg.model.preset)}",
         f"layout: {cfg.parallel.describe(world_size)}",
         f"batch: global {d.global_batch_size} = micro {d.micro_batch_size} x DP {info['dp']} "
-        f"x gradient accumulation {info['grad_accum']}; {d.global_batch_size * d.seq_length} tokens/step, "
-        f"{cfg.train.steps * d.global_batch_size * d.seq_length:.3g} tokens in {cfg.train.steps} steps",
+        f"x gradient accumulation {info['grad_accum']}; {tokens_per_step} tokens/step, "
+        f"{cfg.train.steps * tokens_per_step:.3g} tokens in {cfg.train.steps} steps",
     ]
+    for st in resolve_stages(cfg):
+        o = st.cfg.optimizer
+        lines.append(
+            f"stage {st.index} {st.name!r}: steps {st.start + 1}-{st.end} ({st.steps} steps, "
+            f"{st.steps * tokens_per_step:.4g} tokens), trainable {', '.join(st.trainable)}, "
+            f"lr {o.lr:g} {o.schedule}"
+            + ("" if o.schedule == "constant" else f" (warmup {o.warmup_steps}, min {o.min_lr:g})")
+        )
+    ob = cfg.objective
+    if ob.enabled:
+        kind = (
+            "bidirectional" if ob.bidirectional else f"hybrid, mntp_fraction {ob.mntp_fraction:g}"
+        )
+        lines.append(f"objective: causal + MNTP ({kind}, mask_ratio {ob.mask_ratio:.4g})")
+    else:
+        lines.append("objective: causal LM")
+    lc = cfg.lora
+    if lc.enabled:
+        lines.append(
+            f"lora: rank {lc.rank}, alpha {lc.alpha:g}, dropout {lc.dropout:g}, "
+            f"targets {', '.join(lc.target_modules)}"
+        )
+    if assume_cuda_te:
+        lines.append(f"layer spec on CUDA+TE: {build.layer_spec_summary(cfg, te=True)}")
     return "\n".join(lines)
 
 

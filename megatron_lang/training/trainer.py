@@ -48,6 +48,7 @@ class Trainer:
         self.stages = stages.resolve_stages(cfg)
         self.state = ckpt.TrainState(layout=self.layout)
         self._last_saved_step: int | None = None  # same on every rank (no file-system checks)
+        self._last_eval_step: int | None = None
         latest = self._latest_checkpoint()
         first = ckpt.read_train_state(latest).stage if latest else 0
         if not 0 <= first < len(self.stages):
@@ -191,7 +192,8 @@ class Trainer:
                 if signals.requested():
                     self.save()
                     return 0
-            self.evaluate()
+            if self._last_eval_step != self.state.step:  # not just done by eval_interval
+                self.evaluate()
             if cfg.checkpoint.dir and self._last_saved_step != self.state.step:
                 self.save()
             return 0
@@ -287,6 +289,7 @@ class Trainer:
     # --------------------------------------------------------- eval and save
     def evaluate(self) -> dict[str, float]:
         """Loss and perplexity on each validation set (one per source/language)."""
+        self._last_eval_step = self.state.step
         d, results = self.cfg.data, {}
         per_step = d.global_batch_size
         for m in self.model:

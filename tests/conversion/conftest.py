@@ -44,23 +44,11 @@ def smollm2_fp32_dir() -> Path:
     from tests.conftest import _cached_dir, smollm2_gguf_path
 
     def build(tmp: Path) -> None:
-        from safetensors.torch import save_file
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from megatron_lang.conversion.hf_io import gguf_to_hf_dir
 
-        gguf = smollm2_gguf_path()
-        model = AutoModelForCausalLM.from_pretrained(
-            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
-        )
-        sd = {k: v.contiguous() for k, v in model.state_dict().items()}
-        if model.config.tie_word_embeddings:
-            sd.pop("lm_head.weight", None)
-        save_file(sd, tmp / "model.safetensors", metadata={"format": "pt"})
-        cfg = model.config
-        for attr in ("quantization_config", "_pre_quantization_dtype"):
-            if hasattr(cfg, attr):
-                delattr(cfg, attr)
-        cfg.architectures = ["LlamaForCausalLM"]
-        cfg.save_pretrained(tmp)
-        AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(tmp)
+        made = gguf_to_hf_dir(smollm2_gguf_path(), tmp / "hf")
+        for f in made.iterdir():
+            f.rename(tmp / f.name)
+        made.rmdir()
 
     return _cached_dir("smollm2-hf-fp32-conversion", build)

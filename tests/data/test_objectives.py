@@ -237,8 +237,18 @@ def test_startup_rejects_bad_objective_values_and_transformer_engine(monkeypatch
             check(*bad)
     monkeypatch.setattr(build, "transformer_engine_available", lambda: True)
     check()  # the default causal objective is fine with TE
-    with pytest.raises(build.StartupError, match="TransformerEngine"):
-        check("objective.bidirectional=true")
+    # with TE the layers keep TE linears and get the local core attention (models/gpt.py)
+    check("objective.bidirectional=true")
+    with pytest.raises(build.StartupError, match="no context parallelism"):
+        cfg = load_job_config(
+            None,
+            [
+                "data.global_batch_size=8",
+                "objective.bidirectional=true",
+                "parallel.context_parallel=2",
+            ],
+        )
+        build.check_startup(cfg, arch, 2, hardware=True)
 
 
 def test_loss_report_splits_causal_and_mntp():

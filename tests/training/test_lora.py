@@ -193,8 +193,9 @@ def test_merged_and_peft_exports_match_the_adapted_model(lora_run):
 
     tmp, final = lora_run["tmp"], lora_run["ckpt"] / "iter_0000004"
     code = export_lora.main(
-        ["--ckpt", str(final), "--merged", str(tmp / "merged"), "--peft", str(tmp / "peft")]
-    )
+        ["--ckpt", str(final), "--merged", str(tmp / "merged"), "--peft", str(tmp / "peft"),
+         "--base-model", str(tmp / "hf")]
+    )  # fmt: skip
     assert code == 0
     # the checkpoint was written at TP=2 and is read here at TP=1 (resharded)
     ours = run_distributed(_lora_jobs.adapted_logits, 1, str(final))[0]
@@ -210,6 +211,7 @@ def test_merged_and_peft_exports_match_the_adapted_model(lora_run):
     assert (peft_logits - ours).abs().max() <= 1e-4
     cfg = json.loads((tmp / "peft" / "adapter_config.json").read_text())
     assert (cfg["r"], cfg["lora_alpha"]) == (4, 8)
+    assert cfg["base_model_name_or_path"] == str(tmp / "hf")
     assert set(cfg["target_modules"]) == {
         "q_proj",
         "k_proj",

@@ -16,7 +16,7 @@ examples:
 data: JSONL (the "text" key; .gz/.zst too), .txt files (one file = one document),
       folders of them, or Megatron .bin/.idx prefixes.
 scoring: the tokenizer's BOS (else EOS) is put before each document and every text
-      token is scored once; words = whitespace split of the text (docs/analysis.md).
+      token is scored once; words = whitespace split of the text (docs/evaluation.md).
 """
 
 
@@ -35,8 +35,8 @@ def _pairs(values: list[str], what: str, parser: argparse.ArgumentParser) -> dic
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; returns the exit status (0 ok, 2 bad input)."""
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser."""
     p = argparse.ArgumentParser(
         prog="evaluate.py",
         description=__doc__,
@@ -68,6 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--output", help="JSON report to write")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (0 ok, 2 bad input)."""
+    p = build_parser()
     args = p.parse_args(argv)
     models = _pairs(args.models, "model", p)
     data = _pairs(args.data, "data", p)

@@ -94,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         except VerificationError as e:
             print(f"verify: {e}", file=sys.stderr)
             return 1
+        except ValueError as e:  # e.g. a checkpoint that records a vocabulary change
+            print(f"verify: {e}", file=sys.stderr)
+            return 2
     return 0
 
 

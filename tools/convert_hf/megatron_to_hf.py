@@ -61,7 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.verify:
         try:
-            print("verify:", verify_conversion(args.out, args.ckpt, args.tolerance).summary())
+            print(
+                "verify:",
+                verify_conversion(args.out, args.ckpt, args.tolerance, exported=True).summary(),
+            )
         except VerificationError as e:
             print(f"verify: {e}", file=sys.stderr)
             return 1

@@ -21,8 +21,8 @@ examples:
 """
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Build the data; print the blend and tokenizer paths as JSON."""
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser."""
     p = argparse.ArgumentParser(
         prog="build_demo_data.py",
         description=__doc__.splitlines()[0],
@@ -35,6 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokenizer", help="existing tokenizer (default: train a byte-level BPE)")
     p.add_argument("--vocab-size", type=int, default=512, help="size of a trained tokenizer")
     p.add_argument("--max-epochs", type=float, default=8, help="repetition cap per source")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Build the data; print the blend and tokenizer paths as JSON."""
+    p = build_parser()
     args = p.parse_args(argv)
 
     from megatron_lang.data.demo import build_demo_data

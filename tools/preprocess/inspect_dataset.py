@@ -14,8 +14,8 @@ examples:
 """
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; returns the exit status."""
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser."""
     p = argparse.ArgumentParser(
         prog="inspect_dataset.py",
         description=__doc__,
@@ -27,6 +27,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--decode", type=int, nargs="*", default=[], help="document numbers to show")
     p.add_argument("--bins", type=int, default=10, help="histogram bins (log-spaced)")
     p.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit status."""
+    p = build_parser()
     args = p.parse_args(argv)
     from megatron_lang.data.indexed import IndexedDatasetReader, dataset_stats, validate_dataset
 

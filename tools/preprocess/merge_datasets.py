@@ -13,8 +13,8 @@ examples:
 """
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; returns the exit status."""
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser."""
     p = argparse.ArgumentParser(
         prog="merge_datasets.py",
         description=__doc__,
@@ -23,6 +23,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--input", nargs="+", required=True, help="dataset prefixes (no .bin/.idx)")
     p.add_argument("--output-prefix", required=True, help="merged dataset prefix")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit status."""
+    p = build_parser()
     args = p.parse_args(argv)
     from megatron_lang.data.indexed import merge_datasets, validate_dataset
 

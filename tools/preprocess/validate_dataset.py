@@ -13,8 +13,8 @@ exit status: 0 when every dataset is valid, 1 at the first inconsistency (printe
 """
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; returns the exit status."""
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser."""
     p = argparse.ArgumentParser(
         prog="validate_dataset.py",
         description=__doc__,
@@ -23,6 +23,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("prefix", nargs="+", help="dataset prefixes (a trailing .bin/.idx is dropped)")
     p.add_argument("--vocab-size", type=int, help="also check every token id is below this")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit status."""
+    p = build_parser()
     args = p.parse_args(argv)
     from megatron_lang.data.indexed import validate_dataset
 
