@@ -356,9 +356,10 @@ def build_summary(
         out = Path(plots_dir)
         out.mkdir(parents=True, exist_ok=True)
         if train:
-            s.plots.append(str(plot_training(train, valid, out / "training_loss.png")))
+            plot_training(train, valid, out / "training_loss.png")
         if s.evaluation:
-            s.plots.append(str(plot_loss_per_word(s.evaluation, out / "loss_per_word.png")))
+            plot_loss_per_word(s.evaluation, out / "loss_per_word.png")
+        s.plots = sorted(str(p) for p in out.glob("*.png"))  # with those other tools drew
     return s
 
 

@@ -52,6 +52,8 @@ LAUNCH_SCRIPTS = {
 }
 LAUNCH_CONFIG = "examples/configs/llama3_8b_danish.yaml"
 QUICKSTART = ("examples/cpu_quickstart.sh", "examples/configs/cpu_quickstart.yaml")
+DEMO_SCRIPT = ("examples/demo.sh", "examples/configs/demo_danish.yaml")
+DEMO_TEST = "tests/examples/test_demo.py::test_small_demo_adapts_smollm2_to_danish"
 
 
 # ----------------------------------------------------------------------------- extraction
@@ -158,7 +160,8 @@ def classify(cmd: DocCommand) -> DocCommand:
             k = launcher.index("-m")
             for opt in ("--nproc-per-node", "--nproc_per_node"):
                 if opt in launcher[:k]:
-                    cmd.nproc = int(launcher[launcher.index(opt) + 1])
+                    n = launcher[launcher.index(opt) + 1]
+                    cmd.nproc = int(n) if n.isdigit() else None  # "$TP" in demo.sh
             if launcher[k + 1] == "megatron_lang.train":
                 cmd.kind, cmd.target, cmd.args = "train", "megatron_lang.train", launcher[k + 2 :]
         return cmd
@@ -275,8 +278,9 @@ def check_command(cmd: DocCommand) -> None:
         if cmd.target in LAUNCH_SCRIPTS:
             world = LAUNCH_SCRIPTS[cmd.target](cmd.env, cmd.nodes)
             _dry_run(cmd.env.get("CONFIG", LAUNCH_CONFIG), world, args, where)
-        elif cmd.target == QUICKSTART[0]:
-            _check_overrides(QUICKSTART[1], args, where)
+        elif cmd.target in (QUICKSTART[0], DEMO_SCRIPT[0]):
+            config = dict([QUICKSTART, DEMO_SCRIPT])[cmd.target]
+            _check_overrides(config, args, where)
 
 
 def _import_train_parser():
@@ -356,6 +360,7 @@ def test_a_wrong_command_fails_with_doc_and_line():
 # Tests that really run a tool, and the flags they pass it. Each flag must appear as a
 # string literal in the test file (test_coverage_table_is_true).
 RUNS: dict[str, dict[str, set[str]]] = {
+    DEMO_TEST: {"examples/demo.sh": set()},
     "tests/tools/test_preprocess_cli.py::dataset": {
         "tools/preprocess/preprocess_data.py": {
             "--input", "--output-prefix", "--tokenizer", "--append-eod", "--no-progress"},
@@ -535,6 +540,12 @@ COVERAGE: dict[tuple[str, str], list[str]] = {
     ("README.md", "make"): ["NOT_RUN"],
     ("README.md", "megatron_lang.train"): [_TRAIN],
     ("README.md", "examples/cpu_quickstart.sh"): ["NOT_RUN"],
+    ("README.md", "examples/demo.sh"): [DEMO_TEST],
+    ("docs/README.md", "examples/demo.sh"): [DEMO_TEST],
+    ("docs/demo.md", "examples/demo.sh"): [DEMO_TEST],
+    ("docs/demo.md", "make"): ["NOT_RUN"],
+    ("docs/export.md", "examples/demo.sh"): [DEMO_TEST],
+    ("docs/architecture.md", "examples/demo.sh"): [DEMO_TEST],
     ("README.md", "examples/*.sh"): [_LAUNCH],
     ("README.md", "examples/slurm/train.sbatch"): [_LAUNCH],
 }
