@@ -360,7 +360,20 @@ def test_a_wrong_command_fails_with_doc_and_line():
 # Tests that really run a tool, and the flags they pass it. Each flag must appear as a
 # string literal in the test file (test_coverage_table_is_true).
 RUNS: dict[str, dict[str, set[str]]] = {
-    DEMO_TEST: {"examples/demo.sh": set()},
+    # the demo's own commands are credited through demo_runs(); the test runs the demo
+    DEMO_TEST: {
+        "examples/demo.sh": set(),
+        "tools/convert_hf/gguf_to_hf.py": set(),
+        "tools/analysis/generate.py": set(),
+    },
+    "tests/data/test_langfilter.py::test_split_jsonl": {
+        "tools/preprocess/split_corpus.py": {"--input", "--train", "--heldout", "--every"},
+    },
+    "tests/analysis/test_summary.py::test_summary_table_verdict_and_plots": {
+        "tools/analysis/summary.py": {
+            "--fertility", "--evaluation", "--metrics", "--generation", "--timings",
+            "--language", "--before", "--after", "--require-improvement", "--out-dir"},
+    },
     "tests/tools/test_preprocess_cli.py::dataset": {
         "tools/preprocess/preprocess_data.py": {
             "--input", "--output-prefix", "--tokenizer", "--append-eod", "--no-progress"},
@@ -544,6 +557,17 @@ COVERAGE: dict[tuple[str, str], list[str]] = {
     ("docs/README.md", "examples/demo.sh"): [DEMO_TEST],
     ("docs/demo.md", "examples/demo.sh"): [DEMO_TEST],
     ("docs/demo.md", "make"): ["NOT_RUN"],
+    ("docs/conversion.md", "tools/convert_hf/gguf_to_hf.py"): [DEMO_TEST],
+    ("docs/data.md", "tools/preprocess/split_corpus.py"): [
+        "tests/data/test_langfilter.py::test_split_jsonl"
+    ],
+    ("docs/evaluation.md", "tools/preprocess/split_corpus.py"): [
+        "tests/data/test_langfilter.py::test_split_jsonl"
+    ],
+    ("docs/evaluation.md", "tools/analysis/generate.py"): [DEMO_TEST],
+    ("docs/evaluation.md", "tools/analysis/summary.py"): [
+        "tests/analysis/test_summary.py::test_summary_table_verdict_and_plots"
+    ],
     ("docs/export.md", "examples/demo.sh"): [DEMO_TEST],
     ("docs/architecture.md", "examples/demo.sh"): [DEMO_TEST],
     ("README.md", "examples/*.sh"): [_LAUNCH],

@@ -3,6 +3,10 @@
 Real artefacts throughout: SmolLM2-135M from the GGUF, the Danish and English GIMP
 manuals, the extended tokenizer, 3 gloo ranks at TP=3, the HF export reloaded by
 transformers. Fewer steps, shorter sequences and fewer English pages than `make demo`.
+The script runs the documented CLIs (tests/docs credits their flags to this test):
+gguf_to_hf, build_html_corpus, fertility, train_tokenizer, extend_vocab, hf_to_megatron,
+preprocess_data, blend_report, megatron_lang.train, megatron_to_hf, evaluate, generate,
+summary.
 """
 
 from __future__ import annotations
