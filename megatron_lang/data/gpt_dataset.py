@@ -39,6 +39,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -109,6 +110,62 @@ def check_splits(spec: BlendSpec, seq_length: int) -> None:
                 f"has {stats.valid_sequences} sequences / {stats.valid_tokens} tokens, fewer "
                 f"than one sample ({need} tokens); megatron-core would hang or yield nothing"
             )
+
+
+def preprocessing_summary(prefix: str | Path) -> dict | None:
+    """The ``{output_prefix}_summary.json`` written with the dataset ``prefix``, if any.
+
+    ``preprocess_data.py --output-prefix P`` writes ``P_{key}_document.bin/.idx`` and
+    ``P_summary.json``; the summary names the tokenizer and its ``vocab_size``.
+    """
+    import json
+
+    p = Path(prefix)
+    name = p.name
+    if not name.endswith("_document"):
+        return None
+    stem = name[: -len("_document")]
+    for i in range(len(stem) - 1, 0, -1):  # P_{key}: the key may itself contain "_"
+        if stem[i] != "_":
+            continue
+        base, key = stem[:i], stem[i + 1 :]
+        summary = p.with_name(f"{base}_summary.json")
+        if summary.is_file():
+            try:
+                data = json.loads(summary.read_text())
+            except (OSError, ValueError):
+                return None
+            if key in data.get("outputs", [key]):
+                return data
+    return None
+
+
+def check_token_ids(spec: BlendSpec, vocab_size: int) -> None:
+    """Fail fast when a source was tokenized with a bigger vocabulary than the model's.
+
+    Ids >= ``vocab_size`` would index past the tokenizer's rows (into padding, or past
+    the embedding). Read from each dataset's preprocessing summary; sources without
+    one are not checked. A smaller vocabulary passes: an extended tokenizer keeps the
+    base ids, so data made with the base tokenizer is valid for the extended model.
+
+    Raises:
+        BlendError: naming the source, its tokenizer and both sizes.
+    """
+    for src in spec.sources:
+        for prefix in (src.path, src.valid_path):
+            if prefix is None:
+                continue
+            summary = preprocessing_summary(prefix)
+            if not summary or not isinstance(summary.get("vocab_size"), int):
+                continue
+            if summary["vocab_size"] > vocab_size:
+                raise BlendError(
+                    f"source {src.name!r} ({prefix}): tokenized with {summary.get('tokenizer')} "
+                    f"(vocabulary {summary['vocab_size']}), but the model's tokenizer has "
+                    f"{vocab_size} tokens: ids >= {vocab_size} have no trained row. Convert the "
+                    "model with that tokenizer (hf_to_megatron.py --new-tokenizer, "
+                    "docs/embedding_init.md) or tokenize the data with the model's tokenizer"
+                )
 
 
 def _has_valid(spec: BlendSpec, src: BlendSource) -> bool:

@@ -58,13 +58,14 @@ def tokenizer_ids(tokenizer_dir: str | None) -> tuple[int, int]:
 def build_train_data(cfg: JobConfig, tokenizer_dir: str | None) -> TrainData:
     """Datasets for the blend in ``cfg.data.blend`` sized for the whole run."""
     from megatron_lang.data.blend import BlendSpec
-    from megatron_lang.data.gpt_dataset import TokenIds, build_blend_datasets
+    from megatron_lang.data.gpt_dataset import TokenIds, build_blend_datasets, check_token_ids
 
     d = cfg.data
     if not d.blend:
         raise ValueError("data.blend is not set: give a blend spec YAML (see docs/blends.md)")
     spec = BlendSpec.from_yaml(d.blend)
     eod, vocab = tokenizer_ids(tokenizer_dir)
+    check_token_ids(spec, vocab)
     doc = d.document_attention
     built = build_blend_datasets(
         spec,

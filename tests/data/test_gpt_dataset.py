@@ -170,3 +170,33 @@ def test_caps_that_cannot_supply_the_samples(data_dir):
     )
     with pytest.raises(BlendError, match=r"supply only 51 samples .* 52 are requested.*a: 51"):
         plan_train_blend(spec, SEQ, 52)
+
+
+def test_data_tokenized_with_a_bigger_vocabulary_is_refused(tmp_path, bpe_tokenizer):
+    """The preprocessing summary's vocabulary must fit the model's tokenizer."""
+    import json
+
+    from megatron_lang.data.gpt_dataset import check_token_ids, preprocessing_summary
+    from megatron_lang.data.preprocess import PreprocessConfig, preprocess
+
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"text": f"side {i} af bogen"}) + "\n" for i in range(5)))
+    preprocess(
+        PreprocessConfig(
+            inputs=[str(corpus)],
+            output_prefix=str(tmp_path / "da_web"),
+            tokenizer=str(bpe_tokenizer),
+            append_eod=True,
+            progress=False,
+        )
+    )
+    prefix = tmp_path / "da_web_text_document"
+    summary = preprocessing_summary(prefix)
+    vocab = summary["vocab_size"]
+    assert summary["tokenizer"] == str(bpe_tokenizer) and vocab > 100
+    spec = BlendSpec.from_dict({"sources": [{"name": "da", "path": str(prefix), "weight": 1}]})
+    check_token_ids(spec, vocab)  # same tokenizer
+    check_token_ids(spec, vocab + 500)  # an extension of it keeps the ids
+    with pytest.raises(BlendError, match=rf"source 'da' .*vocabulary {vocab}.*has {vocab - 1} tok"):
+        check_token_ids(spec, vocab - 1)
+    assert preprocessing_summary(tmp_path / "other_text_document") is None
