@@ -40,6 +40,9 @@ GEN_TOKENS=${GEN_TOKENS:-30}
 BEFORE=${BEFORE:-smollm2}  # evaluation label the verdict compares "cpt" with
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 export TQDM_MININTERVAL=${TQDM_MININTERVAL:-5}
+# megatron-core and torch note on every start that TransformerEngine/Apex are absent
+# (expected on CPU) and that APIs are deprecated; PYTHONWARNINGS=default shows them.
+export PYTHONWARNINGS=${PYTHONWARNINGS:-ignore::UserWarning,ignore::FutureWarning}
 
 [ "${FRESH:-0}" = 1 ] && rm -rf "$WORK"
 mkdir -p "$WORK"/{corpus,tokenizers,data,reports}
