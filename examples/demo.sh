@@ -101,7 +101,7 @@ fi
 
 step 3 "fertility" "fertility of SmolLM2's tokenizer on held-out Danish and English"
 "$PY" tools/preprocess/fertility.py --input da="$C/da_heldout.jsonl" en="$C/en_heldout.jsonl" \
-  --tokenizer smollm2="$WORK/smollm2-hf" --no-progress --json "$WORK/reports/fertility_before.json"
+  --tokenizer smollm2="$WORK/smollm2-hf" --no-progress  # step 4 reports both tokenizers
 
 step 4 "tokenizer" "Danish BPE ($NEW_VOCAB) + SmolLM2's vocabulary extended with its new tokens"
 T=$WORK/tokenizers

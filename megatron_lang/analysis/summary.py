@@ -125,7 +125,7 @@ def training_summary(train: list[dict], valid: list[dict]) -> dict[str, Any]:
         "last_loss": train[-1]["loss"],
         "steps_per_stage": [stages[k] for k in sorted(stages)],
         "mean_step_time_s": sum(r.get("step_time_s", 0.0) for r in train) / len(train),
-        "tokens_per_s": [r.get("tokens_per_s") for r in train][-1],
+        "tokens_per_s": train[-1].get("tokens_per_s"),
     }
     if valid:
         out["valid_first"] = {"step": valid[0]["step"], **_valid_losses(valid[0])}
@@ -283,9 +283,10 @@ def plot_training(train: list[dict], valid: list[dict], path: str | os.PathLike)
     ax1.set_title("training loss (dashed: stage boundary)", fontsize=9)
     ax1.legend(fontsize=7)
     ax1.grid(True, alpha=0.3)
-    langs = sorted({k for r in valid for k in _valid_losses(r)})
+    losses = [(r["step"], _valid_losses(r)) for r in valid]
+    langs = sorted({k for _, v in losses for k in v})
     for lang in langs:
-        pts = [(r["step"], _valid_losses(r)[lang]) for r in valid if lang in _valid_losses(r)]
+        pts = [(step, v[lang]) for step, v in losses if lang in v]
         ax2.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=lang)
     ax2.set_xlabel("step")
     ax2.set_ylabel("validation loss per token")

@@ -167,11 +167,11 @@ def check_startup(
             "set parallel.context_parallel=1"
         )
     if not hardware and assume_cuda_te:
-        cuda, te, apex = True, True, None
+        cuda, te = True, True
     elif hardware:
-        cuda, te, apex = torch.cuda.is_available(), transformer_engine_available(), None
+        cuda, te = torch.cuda.is_available(), transformer_engine_available()
     else:
-        cuda = te = apex = None
+        cuda = te = None
     _check_lora(cfg, arch, te)
     info = {"dp": dp, "grad_accum": d.global_batch_size // (d.micro_batch_size * dp)}
     if te is None:
@@ -195,14 +195,12 @@ def check_startup(
             f"parallel.context_parallel={p.context_parallel} needs TransformerEngine attention "
             "on GPUs; megatron-core's local attention has no context parallelism"
         )
-    if p.sequence_parallel and not use_te:
-        if apex is None and hardware:
-            apex = _apex_available()
-        if apex is False:
-            raise StartupError(
-                "parallel.sequence_parallel needs TransformerEngine or Apex norms on GPUs; "
-                "megatron-core's torch norm has no sequence parallelism"
-            )
+    # Apex is unknown in an assumed-CUDA dry run: left to the start on the GPU node.
+    if p.sequence_parallel and not use_te and hardware and not _apex_available():
+        raise StartupError(
+            "parallel.sequence_parallel needs TransformerEngine or Apex norms on GPUs; "
+            "megatron-core's torch norm has no sequence parallelism"
+        )
     if (opt.overlap_grad_reduce or opt.overlap_param_gather) and not cuda:
         raise StartupError("optimizer.overlap_grad_reduce/overlap_param_gather need CUDA streams")
     # Explicit attention masks (MNTP objectives, document attention) work with the TE

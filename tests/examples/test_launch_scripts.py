@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.examples._scripts import run_script
 
 pytestmark = pytest.mark.unit
 
@@ -15,17 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _run(script: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "PYTHON": sys.executable, **env}
-    for key in ("WORLD_SIZE", "SLURM_NTASKS", "RANK"):
-        full_env.pop(key, None)
-    return subprocess.run(
-        ["bash", str(REPO / script), *args],
-        cwd=REPO,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_script(script, env, *args)
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import io
-import os
 import re
 import subprocess
 import sys
@@ -19,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.examples._scripts import run_script
+
 pytestmark = pytest.mark.unit
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,19 +27,8 @@ RECIPES = REPO / "examples" / "recipes"
 
 
 def _run(script: str, nodes: int | None, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHON": sys.executable}
-    for key in ("WORLD_SIZE", "SLURM_NTASKS", "RANK", "SLURM_NNODES", "CONFIG", "GPUS_PER_NODE"):
-        env.pop(key, None)
-    if nodes is not None:
-        env["SLURM_NNODES"] = str(nodes)
-    return subprocess.run(
-        ["bash", str(RECIPES / script), *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    env = {} if nodes is None else {"SLURM_NNODES": str(nodes)}
+    return run_script(RECIPES.relative_to(REPO) / script, env, *args)
 
 
 def _tokens(config: str) -> tuple[int, int]:
