@@ -7,7 +7,10 @@ size; :func:`parse_chunk` turns a chunk into documents plus precise errors
 processes; :func:`iter_records` is the simple record-by-record interface.
 
 Error reasons (the keys counted in the preprocessing summary) are the
-``REASON_*`` constants below.
+``REASON_*`` constants below.  A damaged *container* (a truncated or corrupt gzip or
+zstd stream, a file named ``.parquet`` that is not parquet or has a corrupt page) is not
+a bad document: it raises :class:`ContainerError`, naming the file and where reading
+stopped, whatever the error mode.
 """
 
 from __future__ import annotations
@@ -15,12 +18,16 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import logging
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 MALFORMED_JSON = "malformed_json"
 NOT_AN_OBJECT = "not_an_object"
@@ -48,6 +55,11 @@ DEFAULT_MAX_DOCUMENT_BYTES = 32 << 20
 
 class InputError(ValueError):
     """An input file or path that cannot be read at all (not a per-document problem)."""
+
+
+class ContainerError(InputError):
+    """A corrupt or truncated compressed stream or parquet file (raised in skip mode too:
+    the documents in or after the damage are unknown, so it is not a bad document)."""
 
 
 @dataclass(frozen=True)
@@ -115,26 +127,127 @@ def expand_inputs(inputs: list[str | Path]) -> list[Path]:
     return files
 
 
-def _open_binary(path: Path) -> BinaryIO:
+_ZSTD_MAGIC = 0xFD2FB528
+_warned_no_checksum = False
+
+
+def _check_zstd_frames(path: Path) -> bool:
+    """Walk the frame and block headers of a ``.zst`` file (seeks, no decoding).
+
+    python-zstandard's stream reader ends silently when the file ends inside a frame, so a
+    truncated file would read as a shorter (or empty) corpus; the headers tell.
+
+    Returns:
+        whether every frame carries a content checksum (the ``zstd`` CLI writes one;
+        python-zstandard only with ``write_checksum=True``).
+
+    Raises:
+        ContainerError: the file ends inside a frame, or holds something that is not a
+            zstd frame or has an invalid block header (with the byte offset).
+    """
+    size = path.stat().st_size
+    all_checksummed = True
+    with open(path, "rb") as f:
+
+        def read(pos: int, n: int, start: int) -> int:
+            f.seek(pos)
+            data = f.read(n)
+            if len(data) < n:
+                raise ContainerError(
+                    f"{path}: truncated zstd data: the file ends at byte {size}, inside the "
+                    f"frame that starts at byte {start}"
+                )
+            return int.from_bytes(data, "little")
+
+        pos = 0
+        while pos < size:
+            start = pos
+            magic = read(pos, 4, start)
+            if magic & 0xFFFFFFF0 == 0x184D2A50:  # skippable frame: magic, size, data
+                pos += 8 + read(pos + 4, 4, start)
+                if pos > size:
+                    read(pos - 1, 1, start)
+                continue
+            if magic != _ZSTD_MAGIC:
+                raise ContainerError(
+                    f"{path}: corrupt zstd data: byte {start} does not start a zstd frame "
+                    f"(magic {magic:#010x})"
+                )
+            descriptor = read(pos + 4, 1, start)
+            single_segment = (descriptor >> 5) & 1
+            checksum = (descriptor >> 2) & 1
+            content_size = (single_segment, 2, 4, 8)[descriptor >> 6]
+            pos += 5 + (1 - single_segment) + (0, 1, 2, 4)[descriptor & 3] + content_size
+            while True:
+                header = read(pos, 3, start)
+                block_type, block_size = (header >> 1) & 3, header >> 3
+                if block_type == 3:
+                    raise ContainerError(
+                        f"{path}: corrupt zstd data: invalid block header at byte {pos}"
+                    )
+                pos += 3 + (1 if block_type == 1 else block_size)
+                if header & 1:  # last block of the frame
+                    break
+            pos += 4 * checksum
+            if pos > size:
+                read(pos - 1, 1, start)
+            all_checksummed &= bool(checksum)
+    return all_checksummed
+
+
+def _open_decoded(path: Path, raw: BinaryIO) -> BinaryIO:
+    """The uncompressed bytes of ``raw`` (the open file ``path``)."""
+    global _warned_no_checksum
     name = path.name.lower()
     if name.endswith(".gz"):
-        return gzip.open(path, "rb")  # type: ignore[return-value]
+        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
     if name.endswith(".zst"):
         import zstandard
 
-        raw = open(path, "rb")
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True))
-    return open(path, "rb")
+        if not _check_zstd_frames(path) and not _warned_no_checksum:
+            _warned_no_checksum = True
+            logger.warning(
+                "%s: zstd frame(s) without a content checksum: corruption inside them that "
+                "the decoder does not notice shows up as bad documents, not as a container "
+                "error (the zstd CLI writes checksums; this is reported once per process)",
+                path,
+            )
+        reader = zstandard.ZstdDecompressor().stream_reader(
+            raw, read_across_frames=True, closefd=False
+        )
+        return io.BufferedReader(reader)  # type: ignore[arg-type]
+    return raw
+
+
+def _decode_errors() -> tuple[type[BaseException], ...]:
+    """What reading a damaged gzip/zstd stream (or a failing disk) raises."""
+    import zstandard
+
+    return (EOFError, OSError, zlib.error, zstandard.ZstdError)
 
 
 def _jsonl_chunks(path: Path, chunk_bytes: int, max_document_bytes: int) -> Iterator[Chunk]:
-    """Blocks of whole lines; a line longer than the limit is never held in memory."""
+    """Blocks of whole lines; a line longer than the limit is never held in memory.
+
+    Raises:
+        ContainerError: the (compressed) file cannot be read to its end; the message names
+            the line where reading stopped and the bytes read before.
+    """
     source = str(path)
     line_no = 1
-    with _open_binary(path) as f:
+    done = 0  # uncompressed bytes before ``pending``
+    errors = _decode_errors()
+    with open(path, "rb") as raw, _open_decoded(path, raw) as f:
+
+        def read(n: int, line: bool = False) -> bytes:
+            try:
+                return f.readline(n) if line else f.read(n)
+            except errors as err:
+                raise ContainerError(_read_failure(path, raw, line_no, done, err)) from err
+
         pending = b""
         while True:
-            block = f.read(chunk_bytes)
+            block = read(chunk_bytes)
             eof = not block
             buf = pending + block
             cut = len(buf) if eof else buf.rfind(b"\n") + 1
@@ -142,13 +255,15 @@ def _jsonl_chunks(path: Path, chunk_bytes: int, max_document_bytes: int) -> Iter
                 # One huge line: drain it without keeping it, report it as oversized.
                 size = len(buf)
                 while True:
-                    more = f.readline(chunk_bytes)
+                    more = read(chunk_bytes, line=True)
                     size += len(more)
                     if not more or more.endswith(b"\n"):
-                        size -= more.endswith(b"\n")  # the newline is not part of the line
+                        newline = more.endswith(b"\n")
+                        size -= newline  # the newline is not part of the line
                         break
                 yield Chunk(source, "jsonl", line_no, b"\n", size, {line_no: size})
                 line_no += 1
+                done += size + newline
                 pending = b""
                 continue
             if cut:
@@ -156,18 +271,55 @@ def _jsonl_chunks(path: Path, chunk_bytes: int, max_document_bytes: int) -> Iter
                 newlines = data.count(b"\n")
                 yield Chunk(source, "jsonl", line_no, data, len(data), newlines=newlines)
                 line_no += newlines + (0 if data.endswith(b"\n") else 1)
+                done += cut
             pending = buf[cut:]
             if eof:
                 return
 
 
+def _read_failure(path: Path, raw: BinaryIO, line: int, done: int, err: BaseException) -> str:
+    """``FILE: what: where: cause`` for a stream that cannot be read to its end."""
+    name = path.name.lower()
+    size = path.stat().st_size
+    what, unit = "read error", "bytes"
+    if name.endswith(".gz"):
+        what, unit = "corrupt or truncated gzip data", "compressed bytes"
+    elif name.endswith(".zst"):
+        what, unit = "corrupt zstd data", "compressed bytes"
+    return (
+        f"{path}: {what}: reading stopped in or after line {line} (which starts at uncompressed "
+        f"byte {done}; {raw.tell()} of {size} {unit} read): {type(err).__name__}: {err}"
+    )
+
+
 def _parquet_chunks(path: Path, keys: list[str], chunk_rows: int) -> Iterator[Chunk]:
+    """Row batches; page checksums are verified where the writer stored them.
+
+    Raises:
+        ContainerError: not a parquet file, or a page that cannot be read (naming the
+            first row of the batch).
+    """
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pf = pq.ParquetFile(path)
+    errors = (pa.ArrowException, OSError)
+    try:
+        pf = pq.ParquetFile(path, page_checksum_verification=True)
+    except errors as err:
+        raise ContainerError(f"{path}: not a readable parquet file: {err}") from err
     present = [k for k in keys if k in pf.schema_arrow.names]
     row = 1
-    for batch in pf.iter_batches(batch_size=chunk_rows, columns=present or None):
+    batches = pf.iter_batches(batch_size=chunk_rows, columns=present or None)
+    while True:
+        try:
+            batch = next(batches, None)
+        except errors as err:
+            raise ContainerError(
+                f"{path}: corrupt parquet data in the rows from row {row} "
+                f"(of {pf.metadata.num_rows}): {type(err).__name__}: {err}"
+            ) from err
+        if batch is None:
+            return
         payload: dict[str, list | None] = {}
         for key in keys:
             payload[key] = batch.column(key).to_pylist() if key in present else None

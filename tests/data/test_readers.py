@@ -173,3 +173,111 @@ def test_line_over_the_limit_inside_a_chunk(tmp_path):
     assert readers._parse_jsonl_arrow(chunks[0], ["text"], 500) is None
     recs, errors = _records(path, max_document_bytes=500)
     assert len(recs) == 49 and [(e.line, e.reason) for e in errors] == [(21, "document_too_large")]
+
+
+# Damaged containers are not bad documents: they raise ContainerError naming the file (and
+# the line, byte or row where reading stopped) with and without an error list (skip mode).
+
+
+def _both_modes(path, match):
+    """The same ContainerError whether bad documents are collected (skip) or raised (fail)."""
+    for errors in ([], None):
+        with pytest.raises(readers.ContainerError, match=match):
+            list(iter_records([path], errors=errors))
+
+
+def test_truncated_gzip_names_file_and_line(tmp_path, gimp_jsonl):
+    raw = gimp_jsonl.read_bytes()
+    compressed = gzip.compress(raw)
+    path = tmp_path / "cut.jsonl.gz"
+    path.write_bytes(compressed[: len(compressed) // 2])
+    _both_modes(path, f"^{path}: corrupt or truncated gzip data: .*EOFError")
+    # With small chunks, the line where reading stopped and its byte offset are exact.
+    with pytest.raises(readers.ContainerError) as info:
+        list(iter_chunks([path], ["text"], chunk_bytes=20_000))
+    msg = str(info.value)
+    line = int(msg.split("in or after line ")[1].split(" ")[0])
+    byte = int(msg.split("uncompressed byte ")[1].split(";")[0])
+    assert line > 1 and raw[:byte].count(b"\n") == line - 1 and raw[byte - 1 : byte] == b"\n"
+    assert f"{len(path.read_bytes())} of {path.stat().st_size} compressed bytes read" in msg
+
+
+def test_corrupt_gzip_crc_names_file(tmp_path, gimp_jsonl):
+    compressed = bytearray(gzip.compress(gimp_jsonl.read_bytes()))
+    compressed[-8:-4] = bytes(4)  # the CRC32 of the member
+    path = tmp_path / "crc.jsonl.gz"
+    path.write_bytes(bytes(compressed))
+    _both_modes(path, f"^{path}: corrupt or truncated gzip data: .*CRC check failed")
+
+
+def test_garbage_parquet_names_file(tmp_path):
+    path = tmp_path / "fake.parquet"
+    path.write_bytes(b"not a parquet file, just some text\n" * 20)
+    _both_modes(path, f"^{path}: not a readable parquet file: .*magic bytes")
+
+
+def test_corrupt_parquet_page_names_file_and_row(tmp_path, gimp_texts):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "pages.parquet"
+    table = pa.table({"text": gimp_texts})
+    pq.write_table(
+        table,
+        path,
+        row_group_size=7,
+        compression="none",
+        use_dictionary=False,  # one data page per column chunk
+        write_page_checksum=True,
+    )
+    column = pq.ParquetFile(path).metadata.row_group(5).column(0)  # rows 36-42
+    middle = column.data_page_offset + column.total_compressed_size // 2
+    data = bytearray(path.read_bytes())
+    data[middle : middle + 8] = bytes(b ^ 0x5A for b in data[middle : middle + 8])
+    path.write_bytes(bytes(data))
+    _both_modes(path, f"^{path}: corrupt parquet data in the rows from row ")
+    with pytest.raises(readers.ContainerError, match=f"from row 36 \\(of {len(gimp_texts)}\\)"):
+        list(iter_chunks([path], ["text"], chunk_bytes=7 * 4096))  # batches = row groups
+
+
+def test_corrupt_zstd_frame_names_file(tmp_path, gimp_jsonl):
+    import zstandard
+
+    compressed = bytearray(
+        zstandard.ZstdCompressor(write_checksum=True).compress(gimp_jsonl.read_bytes())
+    )
+    middle = len(compressed) // 2
+    compressed[middle : middle + 16] = bytes(16)
+    path = tmp_path / "bad.jsonl.zst"
+    path.write_bytes(bytes(compressed))
+    _both_modes(path, f"^{path}: corrupt zstd data: reading stopped in or after line 1 .*ZstdError")
+
+
+def test_truncated_zstd_names_file_and_byte(tmp_path, gimp_jsonl):
+    """python-zstandard's reader ends silently inside a frame: the frame walk catches it."""
+    import zstandard
+
+    compressed = zstandard.ZstdCompressor().compress(gimp_jsonl.read_bytes())
+    path = tmp_path / "cut.jsonl.zst"
+    path.write_bytes(compressed[: len(compressed) // 2])
+    size = len(compressed) // 2
+    _both_modes(
+        path,
+        f"^{path}: truncated zstd data: the file ends at byte {size}, inside the frame that starts at byte 0",
+    )
+
+
+def test_zstd_without_checksum_is_reported(tmp_path, gimp_jsonl, caplog, monkeypatch):
+    """Corruption the decoder misses in a frame without checksum can only show up as bad
+    documents, so such files are named in a warning."""
+    import zstandard
+
+    monkeypatch.setattr(readers, "_warned_no_checksum", False)
+    raw = gimp_jsonl.read_bytes()
+    checked = tmp_path / "checked.jsonl.zst"
+    checked.write_bytes(zstandard.ZstdCompressor(write_checksum=True).compress(raw))
+    unchecked = tmp_path / "unchecked.jsonl.zst"
+    unchecked.write_bytes(zstandard.ZstdCompressor().compress(raw))
+    with caplog.at_level("WARNING", logger="megatron_lang.data.readers"):
+        assert len(_records(checked)[0]) == len(_records(unchecked)[0]) == raw.count(b"\n")
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == [str(unchecked)]
