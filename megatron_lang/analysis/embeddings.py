@@ -110,7 +110,15 @@ def sequence_embeddings(
     ckpt_dir = Path(ckpt_dir)
     ids = _tokenize(ckpt_dir, list(texts), max_length)
     out: list[torch.Tensor] = []
-    with single_process_model(ckpt_dir, torch.float32, arbitrary_mask=True) as (model, _):
+    with single_process_model(ckpt_dir, torch.float32, arbitrary_mask=True) as (model, meta):
+        window = meta.arch.sliding_window
+        longest = max((len(x) for x in ids), default=0)
+        if window and longest > window:
+            raise ValueError(
+                f"{ckpt_dir}: a text has {longest} tokens, more than the model's sliding window "
+                f"({window}), which explicit attention masks cannot honour; set max_length <= "
+                f"{window}"
+            )
         for i in range(0, len(ids), batch_size):
             chunk = ids[i : i + batch_size]
             s = max(len(x) for x in chunk)

@@ -44,6 +44,10 @@ def build_model_for_checkpoint(
             f"convert again with --tp-for-padding {tp}"
         )
     divisor = padded // tp
+    if arbitrary_mask and meta.arch.sliding_window:
+        # explicit masks and megatron-core's sliding window exclude each other (models/gpt.py);
+        # callers keep sequences within the window, where it masks nothing
+        config_overrides.setdefault("window_size", None)
     assert padded_vocab_size(meta.arch.vocab_size, divisor, tp) == padded
     config = to_transformer_config(
         meta.arch,

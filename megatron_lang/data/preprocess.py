@@ -19,13 +19,16 @@ import logging
 import multiprocessing as mp
 import os
 import resource
+import signal
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
-from contextlib import ExitStack
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import ExitStack, closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.compute as pc
@@ -258,16 +261,56 @@ def _ordered_map(
         return
     ctx = mp.get_context("spawn")
     pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=init, initargs=initargs)
+    processes: dict = {}  # every worker started, to name the one that died
+
+    def result(future: Future, item: Any) -> Any:
+        try:
+            return future.result()
+        except BrokenProcessPool as err:
+            pool.shutdown(wait=True, cancel_futures=True)  # the others are stopped and joined
+            raise PreprocessError(_worker_death(processes.values(), item)) from err
+
     try:
         window: deque = deque()
         for item in items:
-            window.append(pool.submit(fn, item))
+            window.append((pool.submit(fn, item), item))
+            processes.update(getattr(pool, "_processes", None) or {})
             if len(window) >= 2 * workers:
-                yield window.popleft().result()
+                yield result(*window.popleft())
         while window:
-            yield window.popleft().result()
+            yield result(*window.popleft())
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _where(chunk: Any) -> str:
+    """``FILE:LINE`` of the first document of a chunk."""
+    if isinstance(chunk, readers.Chunk):
+        if chunk.kind == "text":
+            return str(chunk.payload[0][0]) if chunk.payload else "(empty chunk)"
+        return f"{chunk.source}:{chunk.first_line}"
+    return repr(chunk)
+
+
+def _worker_death(processes: Iterable[mp.process.BaseProcess], chunk: Any) -> str:
+    """Why the pool broke: the exit status of the worker(s) that did not stop on request."""
+    codes = [p.exitcode for p in processes if p.exitcode not in (None, 0)]
+    died = [c for c in codes if c != -signal.SIGTERM] or codes  # the pool SIGTERMs the others
+    how = []
+    for code in died:
+        if code < 0:
+            name = signal.Signals(-code).name
+            how.append(
+                f"killed by {name}" + (" (the out-of-memory killer?)" if name == "SIGKILL" else "")
+            )
+        else:
+            how.append(f"exit code {code}")
+    status = ", ".join(how) or "exit status unknown"
+    return (
+        f"a worker process died ({status}) while the chunk starting at {_where(chunk)} "
+        "(or one after it) was being processed; nothing was written. If it ran out of "
+        "memory, use fewer --workers (or a lower --max-document-bytes)"
+    )
 
 
 # ---------------------------------------------------------------------------- driver
@@ -321,8 +364,11 @@ def preprocess(config: PreprocessConfig) -> dict:
 
     Raises:
         PreprocessError: on the first bad document with ``on_error="fail"`` (the message
-            names file, line and reason); no output ``.bin``/``.idx`` is left behind.
-        readers.InputError: an input path that does not exist or is not supported.
+            names file, line and reason), or when a worker process dies (its exit status
+            and the chunk are named); no output ``.bin``/``.idx`` is left behind.
+        readers.InputError: an input path that does not exist or is not supported;
+            :class:`readers.ContainerError` (also with ``on_error="skip"``) for a corrupt
+            or truncated compressed or parquet file.
     """
     if config.on_error not in ON_ERROR:
         raise PreprocessError(f"--on-error must be one of {ON_ERROR}, not {config.on_error!r}")
@@ -371,7 +417,10 @@ def preprocess(config: PreprocessConfig) -> dict:
                 writer = IndexedDatasetWriter(config.dataset_prefix(key), dtype)
                 writers[key] = stack.enter_context(writer)
             setup_seconds = time.time() - start
-            results = _ordered_map(process_chunk, chunks, workers, _init_worker, initargs)
+            # closed (workers stopped) before the writers remove their temporaries
+            results = stack.enter_context(
+                closing(_ordered_map(process_chunk, chunks, workers, _init_worker, initargs))
+            )
             for result in results:
                 if result.errors:
                     if config.on_error == "fail":

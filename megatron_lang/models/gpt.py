@@ -173,6 +173,14 @@ def build_gpt_model(
     if arbitrary_mask and getattr(config, "masked_softmax_fusion", False):
         # the fused causal softmax kernel ignores the mask it is given
         raise ValueError("explicit attention masks need masked_softmax_fusion=False")
+    if arbitrary_mask and getattr(config, "window_size", None) is not None:
+        # megatron-core's softmax (fused_softmax.py) replaces any mask it is given with its
+        # own sliding-window causal mask when window_size is set
+        raise ValueError(
+            f"explicit attention masks cannot be combined with window_size={config.window_size}: "
+            "megatron-core would replace the mask with a sliding-window causal one; build the "
+            "config without window_size (equivalent when the sequences fit in the window)"
+        )
     rope_scaling = arch.rope_scaling or {}
     rope_type = rope_scaling.get("rope_type", rope_scaling.get("type"))
     kwargs: dict[str, Any] = {}

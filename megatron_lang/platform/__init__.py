@@ -14,6 +14,8 @@ import importlib
 _EXPORTS = {
     "DistEnv": "distributed",
     "backend_for_device": "distributed",
+    "collective_device": "distributed",
+    "collective_tensor": "distributed",
     "destroy_distributed": "distributed",
     "first_slurm_host": "distributed",
     "init_distributed": "distributed",

@@ -112,12 +112,46 @@ def backend_for_device() -> str:
     return "nccl" if torch.cuda.is_available() else "gloo"
 
 
+def collective_device() -> torch.device:
+    """The device every tensor handed to a collective must live on.
+
+    The one place that decides it: NCCL (the backend on CUDA machines) has no CPU
+    backend, so a tensor made with ``torch.tensor([...])`` and all-reduced fails
+    there ("No backend type associated with device type cpu"); gloo takes CPU
+    tensors. Make collective tensors with ``device=collective_device()`` (or
+    :func:`collective_tensor`), never without a device.
+    """
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def collective_tensor(values, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``torch.tensor(values)`` on :func:`collective_device` (ready for a collective)."""
+    return torch.tensor(values, dtype=dtype, device=collective_device())
+
+
+def gpu_for_local_rank(local_rank: int, device_count: int) -> int:
+    """The GPU index of a rank: ``local_rank % device_count``.
+
+    torchrun gives each node's ranks all its GPUs (local rank = GPU index); some
+    SLURM set-ups (``--gpus-per-task=1``, ``--gpu-bind=single:1``) show each task
+    only its own GPU, so local rank 5 sees one device, index 0.
+
+    Raises:
+        RuntimeError: no GPU is visible.
+    """
+    if device_count < 1:
+        raise RuntimeError(f"local rank {local_rank}: CUDA is available but no GPU is visible")
+    return local_rank % device_count
+
+
 def init_distributed(
     env: DistEnv | None = None, backend: str | None = None, timeout_s: float = 600.0
 ) -> DistEnv:
     """Initialise ``torch.distributed`` for this process (idempotent).
 
-    On CUDA machines selects the GPU ``local_rank`` and NCCL; without CUDA,
+    On CUDA machines selects the GPU ``local_rank % device_count`` and NCCL; without CUDA,
     enables the CPU support for megatron-core and uses gloo.
 
     Returns:
@@ -126,12 +160,8 @@ def init_distributed(
     env = env or read_dist_env()
     if not torch.cuda.is_available():
         cpu_support.enable()
-    elif env.local_rank >= torch.cuda.device_count():
-        raise RuntimeError(
-            f"local rank {env.local_rank} has no GPU: only {torch.cuda.device_count()} visible"
-        )
     else:
-        torch.cuda.set_device(env.local_rank)
+        torch.cuda.set_device(gpu_for_local_rank(env.local_rank, torch.cuda.device_count()))
     if dist.is_initialized():
         return env
     backend = backend or backend_for_device()

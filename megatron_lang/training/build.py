@@ -166,6 +166,16 @@ def check_startup(
             "use megatron-core's local DotProductAttention, which has no context parallelism; "
             "set parallel.context_parallel=1"
         )
+    if needs_arbitrary_mask(cfg) and arch.sliding_window and d.seq_length > arch.sliding_window:
+        raise StartupError(
+            f"data.seq_length={d.seq_length} is longer than the model's sliding window "
+            f"({arch.sliding_window}, Mistral-7B v0.1) and the job uses an explicit attention "
+            "mask (objective.mntp_fraction/objective.bidirectional/data.document_attention): "
+            "megatron-core's softmax replaces an explicit mask with its own sliding-window causal "
+            "mask, so MNTP samples would silently become causal and document boundaries vanish; "
+            f"use data.seq_length <= {arch.sliding_window} (where the window changes nothing) or "
+            "a model without a sliding window (Mistral-7B v0.3, Nemo)"
+        )
     if not hardware and assume_cuda_te:
         cuda, te = True, True
     elif hardware:
@@ -201,8 +211,6 @@ def check_startup(
             "parallel.sequence_parallel needs TransformerEngine or Apex norms on GPUs; "
             "megatron-core's torch norm has no sequence parallelism"
         )
-    if (opt.overlap_grad_reduce or opt.overlap_param_gather) and not cuda:
-        raise StartupError("optimizer.overlap_grad_reduce/overlap_param_gather need CUDA streams")
     # Explicit attention masks (MNTP objectives, document attention) work with the TE
     # spec too: its layers then get megatron-core's local DotProductAttention (models/gpt.py).
     return info
@@ -280,6 +288,10 @@ def transformer_config(cfg: JobConfig, arch: LlamaArch):
         sequence_parallel=p.sequence_parallel,
         calculate_per_token_loss=True,
     )
+    if arch.sliding_window and needs_arbitrary_mask(cfg):
+        # check_startup allows this only for seq_length <= window, where the window
+        # masks nothing: without it megatron-core applies the explicit masks as given
+        overrides["window_size"] = None
     if m.recompute == "full":
         overrides.update(
             recompute_granularity="full",

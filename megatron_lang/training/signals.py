@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import signal
 
-import torch
 import torch.distributed as dist
 
+from megatron_lang.platform.distributed import collective_tensor
 from megatron_lang.platform.logging import get_logger
 
 log = get_logger(__name__)
@@ -33,9 +33,7 @@ class ExitSignal:
 
     def requested(self) -> bool:
         """True on every rank when any rank received a signal."""
-        flag = torch.tensor([1.0 if self.received else 0.0])
-        if torch.cuda.is_available():
-            flag = flag.cuda()
+        flag = collective_tensor([1.0 if self.received else 0.0])
         if dist.is_initialized():
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         if flag.item() > 0:

@@ -98,6 +98,8 @@ def run_schedule(
     from megatron.core import parallel_state
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
+    from megatron_lang.platform.distributed import collective_device
+
     iterators = [iter(microbatches) for _ in model_chunks]
     outputs = get_forward_backward_func()(
         forward_step_func=partial(forward_step, n_sources),
@@ -108,9 +110,7 @@ def run_schedule(
         micro_batch_size=microbatches[0]["tokens"].shape[0],
         forward_only=forward_only,
     )
-    report = torch.zeros(report_size(n_sources))
-    if torch.cuda.is_available():
-        report = report.cuda()
+    report = torch.zeros(report_size(n_sources), device=collective_device())
     last = parallel_state.is_pipeline_last_stage(ignore_virtual=True)
     if outputs and last and parallel_state.get_tensor_model_parallel_rank() == 0:
         for out in outputs:

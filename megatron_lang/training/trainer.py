@@ -17,9 +17,11 @@ import torch
 
 from megatron_lang.checkpointing import checkpoint as ckpt
 from megatron_lang.config import JobConfig, dump_yaml
+from megatron_lang.platform.distributed import collective_tensor
 from megatron_lang.platform.logging import get_logger
 from megatron_lang.platform.seed import preserved_rng_states
 from megatron_lang.training import build, data, stages, step
+from megatron_lang.training.optimizer_step import guarded_step, stale_master_weights
 from megatron_lang.training.signals import ExitSignal
 
 log = get_logger(__name__)
@@ -55,8 +57,13 @@ class Trainer:
             raise stages.StageError(
                 f"{latest} was written in stage {first}, but the job has {len(self.stages)} stages"
             )
-        self._build_stage(self.stages[first])
-        self._restore(latest)
+        # Weights go into the model before DDP and the optimizer are built: megatron-core's
+        # mixed-precision optimizers copy their fp32 master weights from the model when
+        # they are built, and the first step writes those masters back into the model.
+        self._build_stage(self.stages[first], checkpoint=None if latest else src.checkpoint)
+        if latest is not None:
+            self._resume(latest)
+        self._check_master_weights()
         self.data = data.build_train_data(cfg, src.tokenizer_dir)
         self.flops_per_step = self._flops()
         from megatron_lang.training.metrics import MetricsWriter
@@ -86,12 +93,19 @@ class Trainer:
             sync = [m.start_grad_sync for m in self.model]
             self.config.grad_sync_func = sync[0] if len(sync) == 1 else sync
 
-    def _build_stage(self, stage: stages.Stage, weights: list[dict] | None = None) -> None:
+    def _build_stage(
+        self,
+        stage: stages.Stage,
+        weights: list[dict] | None = None,
+        checkpoint: str | None = None,
+    ) -> None:
         """Model chunks, DDP, optimizer and scheduler for ``stage``.
 
         megatron-core's DDP and optimizers read ``requires_grad`` when they are
         built, so a stage change builds all of them anew; ``weights`` (the previous
-        chunks' state dicts) are copied in.
+        chunks' state dicts) are copied in. ``checkpoint``: load these weights (a
+        converted model, the LoRA base) first. Either way the weights are in the
+        model before the optimizer copies its fp32 master weights from it.
         """
         # megatron-core sets the tensor-parallel attributes of its weights (which the
         # gradient norm and clipping read) only while initialising them, so the
@@ -101,6 +115,8 @@ class Trainer:
             chunks = build.build_model_chunks(stage.cfg, self.src, self.config)
         for chunk, sd in zip(chunks, weights or []):
             chunk.load_state_dict(sd)
+        if checkpoint:
+            ckpt.load_model_weights(checkpoint, chunks)
         counts = stages.apply_trainable(chunks, stage, self.src.arch.tie_word_embeddings)
         self._check_stage_matches(stage, counts)
         self.model = build.wrap_ddp(stage.cfg, self.config, chunks)
@@ -127,7 +143,7 @@ class Trainer:
 
     def _check_stage_matches(self, stage: stages.Stage, counts: dict[str, int]) -> None:
         """Every trainable rule matches a parameter on some rank (a typo freezes nothing silently)."""
-        total = torch.tensor([counts["trainable"]], dtype=torch.float64)
+        total = collective_tensor([counts["trainable"]], dtype=torch.float64)
         torch.distributed.all_reduce(total)
         if total.item() == 0:
             raise stages.StageError(
@@ -141,10 +157,12 @@ class Trainer:
         nxt = stages.stage_for_step(self.stages, self.state.step)
         if nxt.index == self.stage.index:
             return
+        self.sync_params()
         weights = [_unwrap(m).state_dict() for m in self.model]
         del self.model, self.optimizer, self.scheduler
         self._build_stage(nxt, weights)
         del weights
+        self._check_master_weights()
 
     def _latest_checkpoint(self) -> Path | None:
         c = self.cfg.checkpoint
@@ -153,15 +171,40 @@ class Trainer:
         ckpt.remove_incomplete(c.dir)
         return ckpt.latest_checkpoint(c.dir) if c.resume else None
 
-    def _restore(self, latest: Path | None) -> None:
-        if latest is not None:
-            self.state = ckpt.load_checkpoint(
-                latest, self.model, self.optimizer, self.scheduler, self.layout
+    def _resume(self, latest: Path) -> None:
+        """Model, optimizer (with its fp32 master weights), scheduler and state of ``latest``."""
+        self.state = ckpt.load_checkpoint(
+            latest, self.model, self.optimizer, self.scheduler, self.layout
+        )
+        self.state.layout = self.layout
+        self._last_saved_step = self.state.step
+
+    def _check_master_weights(self) -> None:
+        """The optimizer's master weights are the model's weights (mixed precision).
+
+        A weight loaded into the model after the optimizer copied its masters would
+        be overwritten by the first step (the pretrained model silently replaced by
+        its random initialisation). Cheap: one comparison per parameter shard.
+        """
+        bad = stale_master_weights(self.optimizer)
+        if bad:
+            raise RuntimeError(
+                f"the optimizer's fp32 master weights differ from the model's for {len(bad)} "
+                f"parameters (e.g. {bad[:3]}): weights were loaded after the optimizer was "
+                "built without optimizer.reload_model_params()"
             )
-            self.state.layout = self.layout
-            self._last_saved_step = self.state.step
-        elif self.src.checkpoint:
-            ckpt.load_model_weights(self.src.checkpoint, self.model)
+
+    def sync_params(self) -> None:
+        """Make every rank's model weights current (before saving, exporting or reading them).
+
+        With ``optimizer.overlap_param_gather`` the distributed optimizer all-gathers the
+        updated weights only in the next forward's pre-hooks: until then every shard but
+        this rank's own is one step old. Megatron-LM and Megatron-Bridge force the same
+        synchronous gather before a save.
+        """
+        if self.stage.cfg.optimizer.overlap_param_gather:
+            for m in self.model:
+                m.start_param_sync(force_sync=True)
 
     def _flops(self) -> float:
         from megatron_lang.training.flops import training_flops_per_step
@@ -236,18 +279,21 @@ class Trainer:
         )
         self.state.step += 1
         self.state.consumed_samples += d.global_batch_size
+        applied, why = False, f"loss is {metrics['loss']}"
         if math.isfinite(metrics["loss"]):
-            ok, grad_norm, _ = self.optimizer.step()
-            if ok:
-                self.scheduler.step(1)
-            metrics["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
+            applied, grad_norm = guarded_step(self.optimizer)
+            metrics["grad_norm"] = grad_norm
+            why = f"gradient norm is {grad_norm}"
+        if applied:
+            self.scheduler.step(1)
         else:
             self.state.skipped_steps += 1
-            log.warning("step %d: loss is %s, step skipped", self.state.step, metrics["loss"])
+            log.warning("step %d: %s, step skipped", self.state.step, why)
             if self.state.skipped_steps > self.cfg.train.max_skipped_steps:
                 raise TrainingHalted(
-                    f"{self.state.skipped_steps} steps skipped for non-finite losses "
-                    f"(train.max_skipped_steps={self.cfg.train.max_skipped_steps})"
+                    f"{self.state.skipped_steps} steps skipped for a non-finite loss or "
+                    f"gradient (train.max_skipped_steps={self.cfg.train.max_skipped_steps}); "
+                    f"last: step {self.state.step}, {why}"
                 )
         metrics["step_time_s"] = time.perf_counter() - t0
         return metrics
@@ -292,8 +338,11 @@ class Trainer:
         self._last_eval_step = self.state.step
         d, results = self.cfg.data, {}
         per_step = d.global_batch_size
+        overlap = self.stage.cfg.optimizer.overlap_param_gather
         for m in self.model:
             m.eval()
+            if overlap:  # current weights, and no gathers left pending by eval forwards
+                m.disable_forward_pre_hook(param_sync=True)
         try:
             for name, ds in self.data.valid.items():
                 steps = min(self.cfg.train.eval_steps, len(ds) // per_step)
@@ -329,6 +378,8 @@ class Trainer:
         finally:
             for m in self.model:
                 m.train()
+                if overlap:
+                    m.enable_forward_pre_hook()
         if results:
             self._record({"step": self.state.step, **{f"valid/{k}": v for k, v in results.items()}})
         if results and self.is_logger:
@@ -355,6 +406,7 @@ class Trainer:
         if self._async_saves is not None:  # one background save at a time
             self._async_saves.maybe_finalize_async_calls(blocking=True)
         self._last_saved_step = self.state.step
+        self.sync_params()
         return ckpt.save_checkpoint(
             c.dir,
             self.state,

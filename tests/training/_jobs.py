@@ -27,8 +27,15 @@ def base_overrides(blend: dict[str, str], **extra) -> list[str]:
 
 
 def train(overrides: list[str]) -> list[dict]:
-    """Run a job with these overrides on the current ranks; return its metrics history."""
+    """Run a job with these overrides on the current ranks; return its metrics history.
+
+    Every collective of the job is checked for tensors NCCL would refuse on GPUs
+    (``tests/_collective_check.py``).
+    """
     from megatron_lang.training.job import execute
+    from tests._collective_check import install
+
+    install()
 
     code, history = execute(load_job_config(None, overrides))
     assert code == 0
