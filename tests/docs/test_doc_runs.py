@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from tests.adaptation import _toy
-from tests.data.conftest import bpe_tokenizer, gimp_jsonl, gimp_texts  # noqa: F401
 
 pytestmark = pytest.mark.unit
 

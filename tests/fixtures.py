@@ -1,8 +1,15 @@
-"""Fixtures for the preprocessing tests: a small real Danish/Nynorsk/English corpus built from
-the Debian GIMP manual at test time, and tokenizers trained on it at test time.
+"""Session fixtures used by tests in several folders, defined once.
 
-Nothing here is stored in the repository: the corpus comes from the ``gimp-help-*``
-packages (installed by ``make install``) and the tokenizers are trained in a temp dir.
+Loaded as a pytest plugin by ``tests/conftest.py``. A session fixture imported into
+several conftests or test modules is registered once per place and built once per
+place; defined here it is built once per session.
+
+* ``gimp_jsonl`` / ``gimp_texts``: 25 pages each of the Danish, Nynorsk and English GIMP
+  manual (Debian ``gimp-help-*``, installed by ``make install``), built at test time.
+* ``sp_model`` / ``bpe_tokenizer``: SentencePiece and byte-level BPE tokenizers trained
+  on them here.
+* ``smollm2_fp32_dir``: SmolLM2-135M de-quantised from the GGUF to fp32 safetensors
+  (cached under ``.cache/test-artefacts/``, see ``tests/conftest.py``).
 """
 
 from __future__ import annotations
@@ -12,14 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from megatron_lang.data.html_corpus import GIMP_HELP_ROOT, build_html_corpus
-
 DOCS_PER_LANGUAGE = 25
 
 
 @pytest.fixture(scope="session")
 def gimp_jsonl(tmp_path_factory) -> Path:
     """JSONL with 25 pages each of the Danish, Nynorsk and English GIMP manual."""
+    from megatron_lang.data.html_corpus import GIMP_HELP_ROOT, build_html_corpus
+
     for lang in ("da", "nn", "en"):
         if not (GIMP_HELP_ROOT / lang).is_dir():
             pytest.fail(f"{GIMP_HELP_ROOT / lang} missing: apt-get install gimp-help-{lang}")
@@ -77,3 +84,23 @@ def bpe_tokenizer(tmp_path_factory, gimp_texts: list[str]) -> Path:
     path = tmp_path_factory.mktemp("bpe") / "tokenizer.json"
     tok.save(str(path))
     return path
+
+
+@pytest.fixture(scope="session")
+def smollm2_fp32_dir() -> Path:
+    """SmolLM2-135M de-quantised from the GGUF to an fp32 safetensors HF directory.
+
+    transformers 5.x refuses ``save_pretrained`` on a GGUF-loaded model (it counts
+    as quantized), so the tensors, config and tokenizer are written directly.
+    """
+    from tests.conftest import _cached_dir, smollm2_gguf_path
+
+    def build(tmp: Path) -> None:
+        from megatron_lang.conversion.hf_io import gguf_to_hf_dir
+
+        made = gguf_to_hf_dir(smollm2_gguf_path(), tmp / "hf")
+        for f in made.iterdir():
+            f.rename(tmp / f.name)
+        made.rmdir()
+
+    return _cached_dir("smollm2-hf-fp32-conversion", build)
