@@ -1,14 +1,21 @@
 """Run a function on N real processes joined by a gloo process group.
 
 ``run_distributed(fn, world_size, *args)`` spawns ``world_size`` processes,
-each sets the torchrun environment variables, calls
+each sets the torchrun rank variables, calls
 ``megatron_lang.platform.init_distributed()`` and then ``fn(*args)``.  It returns
 the list of per-rank return values (anything ``torch.save`` can store) and raises
 with each failing rank's traceback.  ``fn`` must be a module-level function.
+
+The ranks meet through a ``file://`` store in the run's temporary folder, not a TCP
+port: a port found free by one test can be taken by another before rank 0 binds it.
+``torch.distributed`` is initialised here with that store; ``init_distributed()`` then
+enables the CPU support for megatron-core (it does so before its "already
+initialised" check) and leaves the process group as it is.
 """
 
 from __future__ import annotations
 
+import datetime
 import multiprocessing as mp
 import os
 import socket
@@ -21,26 +28,49 @@ import torch
 
 
 def free_port() -> int:
+    """A TCP port that was free a moment ago, for launches that need ``MASTER_PORT``.
+
+    Racy (another process can take it before it is bound again); ``run_distributed``
+    does not use it.
+    """
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _worker(fn, rank: int, world_size: int, port: int, out_dir: str, args: tuple) -> None:
+TIMEOUT_S = 240
+
+
+def _init_process_group(rank: int, world_size: int, store_file: Path) -> None:
+    """Join the ranks of this run through ``store_file`` (gloo; NCCL with CUDA)."""
+    import torch.distributed as dist
+
+    from megatron_lang.platform import backend_for_device
+
+    if torch.cuda.is_available():
+        torch.cuda.set_device(rank)
+    dist.init_process_group(
+        backend=backend_for_device(),
+        init_method=store_file.as_uri(),
+        rank=rank,
+        world_size=world_size,
+        timeout=datetime.timedelta(seconds=TIMEOUT_S),
+    )
+
+
+def _worker(fn, rank: int, world_size: int, out_dir: str, args: tuple) -> None:
+    for key in ("MASTER_ADDR", "MASTER_PORT"):  # nothing here listens on a port
+        os.environ.pop(key, None)
     os.environ.update(
-        RANK=str(rank),
-        WORLD_SIZE=str(world_size),
-        LOCAL_RANK=str(rank),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        OMP_NUM_THREADS="1",
+        RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), OMP_NUM_THREADS="1"
     )
     torch.set_num_threads(1)
     out = Path(out_dir)
     try:
         from megatron_lang.platform import destroy_distributed, init_distributed
 
-        init_distributed(timeout_s=240)
+        _init_process_group(rank, world_size, out / "store")
+        init_distributed(timeout_s=TIMEOUT_S)  # CPU support; the group is already up
         try:
             result = fn(*args)
         finally:
@@ -54,10 +84,9 @@ def _worker(fn, rank: int, world_size: int, port: int, out_dir: str, args: tuple
 def run_distributed(fn, world_size: int, *args: Any, timeout: float = 300) -> list[Any]:
     """Run ``fn(*args)`` on ``world_size`` gloo ranks; return each rank's result."""
     ctx = mp.get_context("spawn")
-    port = free_port()
     with tempfile.TemporaryDirectory(prefix="mlang-dist-") as d:
         procs = [
-            ctx.Process(target=_worker, args=(fn, r, world_size, port, d, args), daemon=False)
+            ctx.Process(target=_worker, args=(fn, r, world_size, d, args), daemon=False)
             for r in range(world_size)
         ]
         for p in procs:
