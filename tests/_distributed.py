@@ -47,8 +47,7 @@ def _init_process_group(rank: int, world_size: int, store_file: Path) -> None:
 
     from megatron_lang.platform import backend_for_device
 
-    if torch.cuda.is_available():
-        torch.cuda.set_device(rank)
+    # the GPU is selected by init_distributed() afterwards, before any collective
     dist.init_process_group(
         backend=backend_for_device(),
         init_method=store_file.as_uri(),
