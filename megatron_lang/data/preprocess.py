@@ -293,23 +293,23 @@ def _where(chunk: Any) -> str:
 
 
 def _worker_death(processes: Iterable[mp.process.BaseProcess], chunk: Any) -> str:
-    """Why the pool broke: the exit status of the worker(s) that did not stop on request."""
-    codes = [p.exitcode for p in processes if p.exitcode not in (None, 0)]
-    died = [c for c in codes if c != -signal.SIGTERM] or codes  # the pool SIGTERMs the others
+    """Why the pool broke: the exit status of the worker(s) the pool did not stop itself."""
+    codes = [p.exitcode for p in processes if p.exitcode is not None]
+    died = [c for c in codes if c != -signal.SIGTERM] or codes  # the pool SIGTERMs the rest
     how = []
-    for code in died:
-        if code < 0:
+    for code in sorted(set(died)):
+        if code == 0:
+            how.append("exited at start-up: its initializer failed, see the log above")
+        elif code < 0:
             name = signal.Signals(-code).name
-            how.append(
-                f"killed by {name}" + (" (the out-of-memory killer?)" if name == "SIGKILL" else "")
-            )
+            oom = " (the out-of-memory killer?)" if name == "SIGKILL" else ""
+            how.append(f"killed by {name}{oom}")
         else:
             how.append(f"exit code {code}")
-    status = ", ".join(how) or "exit status unknown"
     return (
-        f"a worker process died ({status}) while the chunk starting at {_where(chunk)} "
-        "(or one after it) was being processed; nothing was written. If it ran out of "
-        "memory, use fewer --workers (or a lower --max-document-bytes)"
+        f"a worker process died ({'; '.join(how) or 'exit status unknown'}) while the chunk "
+        f"starting at {_where(chunk)} (or one after it) was being processed; no .bin/.idx "
+        "was written. If it ran out of memory, use fewer --workers"
     )
 
 

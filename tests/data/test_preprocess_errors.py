@@ -1,4 +1,5 @@
-"""Bad input through the pipeline: --on-error fail / skip, a 100 MB document, interruptions."""
+"""Bad input through the pipeline: --on-error fail / skip, a 100 MB document, interruptions,
+damaged containers, workers that fail or die."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,9 @@ import pytest
 from megatron_lang.data import preprocess as pp
 from megatron_lang.data.indexed import IndexedDatasetReader, validate_dataset
 from megatron_lang.data.preprocess import PreprocessConfig, PreprocessError, preprocess
+from megatron_lang.data.readers import ContainerError
+from megatron_lang.data.tokenizer import TokenizerSpec
+from tools.preprocess import preprocess_data
 
 pytestmark = pytest.mark.unit
 
@@ -158,3 +163,103 @@ def test_killed_process_leaves_no_pair(tmp_path, gimp_jsonl, smollm2_tokenizer_d
             proc.kill()
     assert _complete_looking(out) == []
     assert any(".bin.tmp-" in p.name for p in out.iterdir())
+
+
+def test_corrupt_container_fails_in_skip_mode(tmp_path, gimp_jsonl, bpe_tokenizer):
+    """A truncated .jsonl.gz is not a bad document: skip mode stops too, naming the file."""
+    import gzip
+
+    compressed = gzip.compress(gimp_jsonl.read_bytes())
+    path = tmp_path / "cut.jsonl.gz"
+    path.write_bytes(compressed[: len(compressed) * 3 // 4])
+    config = _config(tmp_path, [path], bpe_tokenizer, on_error="skip", chunk_bytes=20_000)
+    with pytest.raises(ContainerError, match=f"^{path}: corrupt or truncated gzip data"):
+        preprocess(config)
+    assert _complete_looking(tmp_path / "out") == []
+
+
+@pytest.mark.parametrize("reason", ["malformed_json", "invalid_utf8"])
+def test_fail_mode_with_workers(tmp_path, gimp_texts, bpe_tokenizer, capsys, reason):
+    """--workers 2: the bad document is named, the CLI exits 1, no .bin/.idx pair is left."""
+    path = _corpus(tmp_path, gimp_texts, BAD[reason])
+    config = _config(tmp_path, [path], bpe_tokenizer, workers=2, chunk_bytes=4000)
+    with pytest.raises(PreprocessError, match=f"^{path}:6: {reason}: "):
+        preprocess(config)
+    out = tmp_path / "out"
+    assert _complete_looking(out) == [] and [p.name for p in out.iterdir()] == ["ds_summary.json"]
+    argv = ["--input", str(path), "--output-prefix", str(out / "cli"), "--tokenizer"]
+    argv += [str(bpe_tokenizer), "--workers", "2", "--chunk-bytes", "4000", "--no-progress"]
+    assert preprocess_data.main(argv) == 1
+    assert f"\nerror: {path}:6: {reason}: " in "\n" + capsys.readouterr().err  # after the log
+    assert _complete_looking(out) == []
+
+
+DIE = "THIS DOCUMENT KILLS ITS WORKER"
+
+
+class _DyingTokenizer:
+    """The real tokenizer, except that the process exits at once (os._exit: no cleanup, like a
+    crash or the OOM killer) when it meets a document containing ``DIE``."""
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def __getattr__(self, name):
+        if name == "encode_arrow":  # keep process_chunk on encode_batch
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+    def encode_batch(self, texts):
+        if any(DIE in t for t in texts):
+            os._exit(7)
+        return self._inner.encode_batch(texts)
+
+
+@dataclass(frozen=True)
+class _DyingSpec(TokenizerSpec):
+    """Pickled to the spawned workers by reference (``tests.data.test_preprocess_errors``)."""
+
+    def build(self):
+        return _DyingTokenizer(super().build())
+
+
+def _inject_dying_tokenizer(monkeypatch):
+    real = pp.load_tokenizer
+
+    def load(*args, **kw):
+        tok, spec, reason = real(*args, **kw)
+        return tok, _DyingSpec(**asdict(spec)), reason
+
+    monkeypatch.setattr(pp, "load_tokenizer", load)
+
+
+def test_dead_worker_is_named_and_leaves_no_pair(
+    tmp_path, gimp_texts, bpe_tokenizer, monkeypatch, capsys
+):
+    """A worker that dies (BrokenProcessPool) stops the run with its exit code and the chunk;
+    no .bin/.idx pair, temporaries removed, summary "failed"; the CLI exits 1 saying so."""
+    _inject_dying_tokenizer(monkeypatch)
+    texts = list(gimp_texts[:60])
+    texts[40] = texts[40] + " " + DIE
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    config = _config(tmp_path, [path], bpe_tokenizer, workers=2, chunk_bytes=10_000)
+    with pytest.raises(PreprocessError, match="worker process died \\(exit code 7\\)") as info:
+        preprocess(config)
+    line = int(str(info.value).split(f"starting at {path}:")[1].split(" ")[0])
+    assert line <= 41  # the chunk named is the one with the fatal document or an earlier one
+    out = tmp_path / "out"
+    assert [p.name for p in out.iterdir()] == ["ds_summary.json"]
+    summary = json.loads(config.summary_path.read_text())
+    assert summary["status"] == "failed" and "exit code 7" in summary["error"]
+
+    argv = ["--input", str(path), "--output-prefix", str(out / "cli"), "--tokenizer"]
+    argv += [str(bpe_tokenizer), "--workers", "2", "--chunk-bytes", "10000", "--no-progress"]
+    assert preprocess_data.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "\nerror: a worker process died (exit code 7) while the chunk starting at" in err
+    assert _complete_looking(out) == []
+    # the same corpus without the fatal document goes through the same workers
+    texts[40] = gimp_texts[40]
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    assert preprocess(config)["documents"] == 60
