@@ -101,3 +101,40 @@ def test_export_of_checkpoint_saved_sharded_by_megatron(
     assert sorted(before) == sorted(after)
     for k in before:
         assert torch.equal(before[k], after[k]), k
+
+
+LONG = 2048
+"""Prompt length of the RoPE scaling test. Logits of the tiny llama3 model with and without
+llama3's scaling differ by 1.9e-5 at 12 tokens (under the 1e-4 tolerance), 3.6e-4 at 512,
+1.6e-3 at 2048."""
+
+
+@pytest.mark.unit
+def test_llama3_rope_scaling_matches_transformers(tiny_cases):
+    """Llama-3.1 RoPE scaling reaches megatron-core: its inverse frequencies equal transformers'
+    llama3 rope init, and logits on a 2048-token prompt (where dropping the scaling moves the
+    logits 16x the tolerance, checked here too) match transformers."""
+    from transformers import AutoModelForCausalLM
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    from megatron_lang.conversion.megatron_model import forward_logits, single_process_model
+
+    case = tiny_cases["llama3"]
+    hf = AutoModelForCausalLM.from_pretrained(case.hf_dir, dtype=torch.float32).eval()
+    scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](hf.config)
+    plain, _ = LlamaRotaryEmbedding.compute_default_rope_parameters(hf.config)
+    assert (scaled != plain).sum() >= 2  # the config really scales some frequencies
+    ids = torch.randint(0, 1000, (1, LONG), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ref = hf(ids).logits.float()
+        hf.model.rotary_emb.inv_freq = plain.clone()  # what a model without scaling does
+        unscaled = hf(ids).logits.float()
+    assert (unscaled - ref).abs().max() > 10 * 1e-4  # this prompt tells them apart
+
+    with single_process_model(case.ckpt_dir) as (model, meta):
+        inv_freq = model.rotary_pos_emb.inv_freq.detach().cpu()
+        logits = forward_logits(model, ids, meta.arch.vocab_size)
+    torch.testing.assert_close(inv_freq, scaled, rtol=1e-6, atol=0)
+    diff = (logits - ref).abs().max().item()
+    assert diff < 1e-4, f"llama3 on {LONG} tokens: max abs logit diff {diff:.3e}"
