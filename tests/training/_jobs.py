@@ -94,3 +94,72 @@ def document_batches(overrides: list[str]) -> dict:
     td = data.build_train_data(cfg, src.tokenizer_dir)
     samples = [td.train[i] for i in range(64)]
     return {"batch": data.collate(samples), "eod": td.eod_id}
+
+
+class _NanGrad:
+    """Identity forward, NaN backward: a finite loss with non-finite gradients."""
+
+    @staticmethod
+    def apply(x):
+        import torch
+
+        class Fn(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, t):
+                return t.view_as(t)
+
+            @staticmethod
+            def backward(ctx, g):
+                return g * float("nan")
+
+        return Fn.apply(x)
+
+
+def train_with_nan_grads(overrides: list[str], nan_steps: list[int], micro_per_step: int):
+    """Train while the gradients of the given steps are NaN (the loss stays finite).
+
+    Returns the history and the model weights after each step (or the halt error).
+    """
+    from megatron_lang.training import step as step_mod
+    from megatron_lang.training.trainer import TrainingHalted
+
+    original, calls = step_mod.loss_func, []
+
+    def poisoned(loss_mask, dataset_id, n_sources, output, **kw):
+        calls.append(1)
+        if (len(calls) - 1) // micro_per_step + 1 in nan_steps:
+            output = _NanGrad.apply(output)
+        return original(loss_mask, dataset_id, n_sources, output, **kw)
+
+    step_mod.loss_func = poisoned
+    try:
+        return train(overrides)
+    except TrainingHalted as e:
+        return str(e)
+
+
+def resume_and_save(overrides: list[str]) -> int:
+    """Start the job (resuming ``checkpoint.dir``'s latest) and save at once; return the step.
+
+    The saved checkpoint holds exactly what the resume loaded (model, fp32 master
+    weights, Adam moments, scheduler), in the layout-independent format.
+    """
+    from megatron_lang.platform import initialize_model_parallel, set_seed
+    from megatron_lang.training import build
+    from megatron_lang.training.trainer import Trainer
+    from tests._collective_check import install
+
+    install()
+    cfg = load_job_config(None, overrides)
+    src = build.resolve_model(cfg)
+    import torch.distributed as dist
+
+    build.check_startup(cfg, src.arch, dist.get_world_size())
+    a = src.arch
+    initialize_model_parallel(
+        cfg.parallel, a.num_layers, a.num_attention_heads, a.num_query_groups, cfg.data.seq_length
+    )
+    set_seed(cfg.train.seed)
+    trainer = Trainer(cfg, src)
+    trainer.save()
+    return trainer.state.step

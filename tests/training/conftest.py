@@ -27,3 +27,22 @@ def start_checkpoint(tiny_blend, tmp_path_factory) -> str:
     out = str(tmp_path_factory.mktemp("start") / "ckpt")
     run_distributed(_jobs.make_start_checkpoint, 1, tiny_blend, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def smollm2_job(smollm2_fp32_dir, tmp_path_factory) -> dict[str, str]:
+    """The real SmolLM2-135M converted to Megatron, and Danish GIMP pages in its tokens.
+
+    ``{"checkpoint": converted dir, "blend": blend YAML}``: what a user starts from.
+    """
+    from megatron_lang.conversion import hf_to_megatron
+
+    root = tmp_path_factory.mktemp("smollm2-job")
+    hf_to_megatron(smollm2_fp32_dir, root / "mcore")
+    try:
+        data = build_demo_data(
+            root / "data", languages=("da",), docs_per_language=20, tokenizer=smollm2_fp32_dir
+        )
+    except FileNotFoundError as e:
+        pytest.fail(str(e))
+    return {"checkpoint": str(root / "mcore"), "blend": data["blend"]}

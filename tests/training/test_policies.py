@@ -53,3 +53,24 @@ def test_document_attention_masks_across_documents_and_resets_positions(tiny_ble
     assert torch.equal(mask[: e + 1, : e + 1], torch.ones(e + 1, e + 1, dtype=torch.bool).triu(1))
     history = run_distributed(_jobs.train, 1, args + ["train.steps=3"])[0]
     assert all(math.isfinite(h["loss"]) for h in history if "loss" in h)
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+def test_nan_gradient_with_a_finite_loss_skips_the_step(tiny_blend, dtype):
+    # without the check the NaN norm reaches clipping and every weight becomes NaN
+    args = _jobs.base_overrides(tiny_blend, **{"train.steps": 5, "model.dtype": dtype})
+    history = run_distributed(_jobs.train_with_nan_grads, 1, args, [2], 4)[0]
+    train = [h for h in history if "loss" in h]
+    assert all(math.isfinite(h["loss"]) for h in train), [h["loss"] for h in train]
+    assert math.isnan(train[1]["grad_norm"]) and math.isfinite(train[2]["grad_norm"])
+    assert [h["skipped_steps"] for h in train] == [0, 1, 1, 1, 1]
+    assert train[1]["lr"] == train[0]["lr"] != train[2]["lr"]  # the schedule did not move
+
+
+def test_too_many_nan_gradients_halt_the_run(tiny_blend):
+    args = _jobs.base_overrides(
+        tiny_blend, **{"train.steps": 6, "train.max_skipped_steps": 1, "model.dtype": "bf16"}
+    )
+    result = run_distributed(_jobs.train_with_nan_grads, 1, args, [2, 3], 4)[0]
+    assert result.startswith("2 steps skipped for a non-finite loss or gradient"), result
+    assert "last: step 3, gradient norm is nan" in result
