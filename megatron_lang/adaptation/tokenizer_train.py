@@ -4,7 +4,7 @@
   style: ``ByteLevel`` pre-tokenizer without prefix space, all 256 byte symbols
   in the initial alphabet, so every text round-trips).  gigatoken 0.10 also has
   a BPE trainer (``gigatoken.train_bpe``); on the GIMP Danish manual it gives the
-  very same merges but was not faster (16k vocab: 1.26 s against 0.52 s for HF),
+  very same merges (``bench/tokenizer_train.py`` compares them and times both), but it
   prints to stdout and needs the corpus as one bytes buffer, so it is not used.
 * ``kind="sentencepiece"``: SentencePiece BPE with byte fallback (Llama-2 /
   Mistral-7B style), identity normalisation, digits split, whitespace kept as is.
