@@ -13,6 +13,9 @@ Layout of ``CHECKPOINT_DIR``::
 A save writes into ``iter_N.tmp``, and only after every rank has finished does
 rank 0 rename it to ``iter_N`` and then replace ``latest`` (write-then-rename), so
 a crash at any point leaves ``latest`` naming the previous complete checkpoint.
+Every file is fsynced before the rename, the folder and its parent after it, and
+``latest`` is written to a temporary name, fsynced and renamed over the old one:
+after a power cut ``latest`` never names a folder whose files are not on disk.
 Model and optimizer state use megatron-core's fully reshardable formats, so a
 checkpoint resumes at a different TP/PP/DP; RNG states are only restored when
 the layout is the same (they are per rank).
@@ -30,6 +33,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from megatron_lang.checkpointing import faults
 from megatron_lang.platform.logging import get_logger
 from megatron_lang.platform.seed import get_rng_states, set_rng_states
 
@@ -38,6 +42,34 @@ log = get_logger(__name__)
 LATEST = "latest"
 TRAIN_STATE = "train_state.json"
 OPTIMIZER_SHARDING = {"distrib_optim_sharding_type": "fully_reshardable"}
+DELETING = ".deleting"
+
+
+def _fsync(path: Path) -> None:
+    """fsync a file or a folder (the folder's entries: renames and new files in it)."""
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: Path) -> None:
+    """fsync every file under ``root``, then every folder (deepest first)."""
+    folders = [root]
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in filenames:
+            _fsync(Path(dirpath) / name)
+        folders += [Path(dirpath) / d for d in dirnames]
+    for d in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        _fsync(d)
+
+
+def _step_of(path: Path) -> int | None:
+    try:
+        return int(path.name.split("_", 1)[1])
+    except (IndexError, ValueError):
+        return None
 
 
 def iter_name(step: int) -> str:
@@ -91,12 +123,16 @@ def latest_checkpoint(root: str | os.PathLike) -> Path | None:
 
 
 def remove_incomplete(root: str | os.PathLike) -> list[str]:
-    """Delete ``*.tmp`` folders left by interrupted saves (rank 0 only); return their names."""
+    """Delete folders left by interrupted saves (``*.tmp``) and deletions (``*.deleting``).
+
+    Rank 0 only; returns their names.
+    """
     removed = []
     if _rank() == 0 and Path(root).is_dir():
-        for p in Path(root).glob("iter_*.tmp"):
-            shutil.rmtree(p, ignore_errors=True)
-            removed.append(p.name)
+        for pattern in ("iter_*.tmp", f"iter_*{DELETING}"):
+            for p in Path(root).glob(pattern):
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p.name)
     _barrier()
     return removed
 
@@ -157,15 +193,18 @@ def save_checkpoint(
     sharded["step"] = state.step
     request = dist_checkpointing.save(sharded, str(tmp), async_sharded_save=async_queue is not None)
     (tmp / "rng").mkdir(exist_ok=True)
-    torch.save(get_rng_states(), tmp / "rng" / f"rank{_rank()}.pt")
+    rng_file = tmp / "rng" / f"rank{_rank()}.pt"
+    torch.save(get_rng_states(), rng_file)
+    _fsync(rng_file)
     if _rank() == 0:
         write_metadata(tmp)
         (tmp / TRAIN_STATE).write_text(json.dumps(state.__dict__, indent=2))
 
     def finalize() -> None:
         _barrier()
+        faults.maybe_kill("save-written", state.step, _rank())
         if _rank() == 0:
-            _publish(root, tmp, final, keep_last)
+            _publish(root, tmp, final, keep_last, state.step)
         _barrier()
 
     if request is None:
@@ -177,19 +216,59 @@ def save_checkpoint(
     return final
 
 
-def _publish(root: Path, tmp: Path, final: Path, keep_last: int | None) -> None:
-    """Rename a finished save into place, then move ``latest`` to it (rank 0)."""
+def _publish(root: Path, tmp: Path, final: Path, keep_last: int | None, step: int) -> None:
+    """Rename a finished save into place, then move ``latest`` to it (rank 0).
+
+    Files and folders are fsynced first, so ``latest`` never names data that is not on
+    disk yet; ``keep_last`` then prunes (see :func:`prune`).
+    """
+    fsync_tree(tmp)
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
+    _fsync(root)
+    faults.maybe_kill("save-renamed", step, 0)
     pointer_tmp = root / (LATEST + ".tmp")
-    pointer_tmp.write_text(final.name + "\n")
+    with open(pointer_tmp, "w") as f:
+        f.write(final.name + "\n")
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(pointer_tmp, root / LATEST)
-    if keep_last:
-        done = sorted(p for p in root.glob("iter_*") if p.is_dir() and p.suffix != ".tmp")
-        for old in done[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
+    _fsync(root)
     log.info("saved checkpoint %s", final)
+    faults.maybe_kill("save-published", step, 0)
+    if keep_last is not None:
+        prune(root, final, keep_last)
+
+
+def prune(root: Path, newest: Path, keep_last: int) -> list[str]:
+    """Keep ``newest`` and the ``keep_last - 1`` complete checkpoints before it; delete older.
+
+    Only checkpoints of earlier steps than ``newest`` are candidates: folders of later
+    steps (left by an earlier run in the same directory) are never deleted for the
+    new one, and the checkpoint just saved never is. A folder is renamed to
+    ``iter_N.deleting`` before it is removed, so an interrupted deletion leaves a
+    name that the next start cleans up (:func:`remove_incomplete`), not a
+    half-deleted ``iter_N``.
+
+    Raises:
+        ValueError: ``keep_last`` < 1.
+    """
+    if keep_last < 1:
+        raise ValueError(f"checkpoint.keep_last={keep_last}: keep at least 1 (null keeps all)")
+    limit = _step_of(newest)
+    older = sorted(
+        (p for p in root.glob("iter_*") if p.is_dir() and p.suffix == "" and p != newest),
+        key=lambda p: _step_of(p) or 0,
+    )
+    older = [p for p in older if (_step_of(p) or 0) < limit]
+    removed = []
+    for old in older[: max(0, len(older) - (keep_last - 1))]:
+        doomed = old.with_name(old.name + DELETING)
+        old.rename(doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+        removed.append(old.name)
+    return removed
 
 
 def _torch_adam_compat(optimizer) -> None:

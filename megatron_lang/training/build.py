@@ -159,6 +159,9 @@ def check_startup(
     except StageError as e:
         raise StartupError(str(e)) from None
     _check_objective(cfg)
+    keep = cfg.checkpoint.keep_last
+    if keep is not None and keep < 1:
+        raise StartupError(f"checkpoint.keep_last={keep}: keep at least 1 (null keeps all)")
     if needs_arbitrary_mask(cfg) and p.context_parallel > 1:
         raise StartupError(
             f"parallel.context_parallel={p.context_parallel} with an explicit attention mask "
