@@ -201,8 +201,8 @@ def save_checkpoint(
         (tmp / TRAIN_STATE).write_text(json.dumps(state.__dict__, indent=2))
 
     def finalize() -> None:
-        _barrier()
         faults.maybe_kill("save-written", state.step, _rank())
+        _barrier()
         if _rank() == 0:
             _publish(root, tmp, final, keep_last, state.step)
         _barrier()

@@ -6,7 +6,8 @@ step ``<step>`` reaches ``<point>``. SIGKILL cannot be caught, so what is on dis
 afterwards is exactly what a power cut or an OOM kill at that point leaves; the
 tests then resume and check the run. Points, in the order a save passes them:
 
-* ``save-written``: every rank's files are written, ``iter_N.tmp`` not yet renamed;
+* ``save-written``: this rank's files are written (before the barrier that waits for the
+  others), ``iter_N.tmp`` not renamed;
 * ``save-renamed``: ``iter_N`` is in place, ``latest`` still names the previous one;
 * ``save-published``: ``latest`` names ``iter_N`` (the save is complete).
 """

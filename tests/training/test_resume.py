@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -9,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,23 +24,49 @@ pytestmark = pytest.mark.distributed
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _start(overrides: list[str]) -> subprocess.Popen:
-    env = {**os.environ, "MASTER_PORT": str(free_port()), "OMP_NUM_THREADS": "1"}
+KILL_SEED = int(os.environ.get("MEGATRON_LANG_TEST_SEED", "20261203"))
+"""Seed of the step at which the SIGKILL test kills the run (printed; set it to replay)."""
+
+
+def _start(overrides: list[str], ranks: int = 1, **env_extra: str) -> subprocess.Popen:
+    """``python -m megatron_lang.train`` (``ranks`` > 1: under torchrun, which picks the port)."""
+    env = {**os.environ, "MASTER_PORT": str(free_port()), "OMP_NUM_THREADS": "1", **env_extra}
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS"):
         env.pop(key, None)
-    return subprocess.Popen(
-        [sys.executable, "-m", "megatron_lang.train", *overrides],
+    launcher = [sys.executable, "-m", "megatron_lang.train"]
+    if ranks > 1:
+        env.pop("MASTER_PORT")
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+        launcher += [f"--nproc-per-node={ranks}", "-m", "megatron_lang.train"]
+    # Output to a file, not a pipe, and a session of its own: a SIGKILLed rank leaves
+    # megatron-core's checkpoint-writer Manager process orphaned, holding whatever
+    # stdout it inherited; _finish kills the session's leftovers.
+    log = tempfile.TemporaryFile(mode="w+")
+    proc = subprocess.Popen(
+        [*launcher, *overrides],
         cwd=REPO,
         env=env,
-        stdout=subprocess.PIPE,
+        stdout=log,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=True,
     )
+    proc.log = log
+    return proc
+
+
+def _output(proc: subprocess.Popen) -> str:
+    proc.log.seek(0)
+    return proc.log.read()
 
 
 def _finish(proc: subprocess.Popen, timeout: float = 240) -> tuple[int, str]:
-    out, _ = proc.communicate(timeout=timeout)
-    return proc.returncode, out
+    try:
+        proc.wait(timeout=timeout)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    return proc.returncode, _output(proc)
 
 
 def _steps(metrics_file: Path) -> dict[int, float]:
@@ -57,7 +85,7 @@ def _wait_for_steps(metrics_file: Path, n: int, proc: subprocess.Popen, timeout=
         if metrics_file.exists() and len(_steps(metrics_file)) >= n:
             return
         if proc.poll() is not None:
-            raise AssertionError(f"run ended early:\n{proc.stdout.read()}")
+            raise AssertionError(f"run ended early:\n{_output(proc)}")
         time.sleep(0.05)
     raise AssertionError(f"no step {n} within {timeout} s")
 
@@ -77,11 +105,12 @@ def test_sigkill_then_resume_repeats_the_uninterrupted_losses_bitwise(tiny_blend
         **common,
         **{"logging.metrics_file": metrics, "checkpoint.dir": tmp_path / "ckpt"},
     )
-    kill_at = random.Random().randint(4, steps - 2)
+    kill_at = random.Random(KILL_SEED).randint(4, steps - 2)
+    print(f"MEGATRON_LANG_TEST_SEED={KILL_SEED}: SIGKILL after step {kill_at}")
     proc = _start(args)
     _wait_for_steps(metrics, kill_at, proc)
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    _finish(proc)
     killed_at = max(_steps(metrics))
     assert killed_at < steps, "the run finished before it was killed"
     latest = (tmp_path / "ckpt" / "latest").read_text().strip()
@@ -213,3 +242,38 @@ def test_async_checkpoints_are_complete_and_exact(tiny_blend, tmp_path):
     args2 = _jobs.base_overrides(tiny_blend, **{"train.steps": 6, "checkpoint.dir": again})
     resumed = [h for h in run_distributed(_jobs.train, 1, args2)[0] if "loss" in h]
     assert [h["loss"] for h in resumed] == [h["loss"] for h in full[2:]]
+
+
+@pytest.mark.parametrize("point,rank", [("save-written", 1), ("save-renamed", 0)])
+def test_a_2_rank_job_killed_inside_a_save_keeps_latest_and_resumes_bitwise(
+    tiny_blend, tmp_path, point, rank
+):
+    """SIGKILL (MEGATRON_LANG_KILL_AT, checkpointing/faults.py) at a logged point of a save."""
+    common = {"train.steps": 6, "checkpoint.save_interval": 2, "data.micro_batch_size": 2}
+    ref = tmp_path / "ref.jsonl"
+    code, out = _finish(
+        _start(_jobs.base_overrides(tiny_blend, **common, **{"logging.metrics_file": ref}), 2)
+    )
+    assert code == 0, out
+
+    ckpt, metrics = tmp_path / "ckpt", tmp_path / "run.jsonl"
+    args = _jobs.base_overrides(
+        tiny_blend, **common, **{"logging.metrics_file": metrics, "checkpoint.dir": ckpt}
+    )
+    code, out = _finish(_start(args, 2, MEGATRON_LANG_KILL_AT=f"{point}@4:{rank}"))
+    assert code != 0, out
+    assert f"rank {rank} killed at {point} of step 4" in out, out
+    assert (ckpt / "latest").read_text().strip() == "iter_0000002"
+    if point == "save-written":
+        assert (ckpt / "iter_0000004.tmp").is_dir() and not (ckpt / "iter_0000004").exists()
+    else:  # renamed into place, but latest was not moved yet
+        assert (ckpt / "iter_0000004" / "train_state.json").is_file()
+
+    logged_before = len(metrics.read_text().splitlines())
+    code, out = _finish(_start(args, 2))
+    assert code == 0, out
+    resumed = [json.loads(x) for x in metrics.read_text().splitlines()[logged_before:]]
+    assert resumed[0]["step"] == 3  # from iter_0000002, the checkpoint latest named
+    assert (ckpt / "latest").read_text().strip() == "iter_0000006"
+    assert not list(ckpt.glob("*.tmp"))
+    assert _steps(metrics) == _steps(ref)  # steps 3-4 redone after the kill: same losses
