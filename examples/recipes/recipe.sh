@@ -22,5 +22,5 @@ run_recipe() {
       exit 2
       ;;
   esac
-  srun --kill-on-bad-exit=1 "${PYTHON:-python}" -m megatron_lang.train --config "$config" "$@"
+  srun_ranks "${PYTHON:-python}" -m megatron_lang.train --config "$config" "$@"
 }

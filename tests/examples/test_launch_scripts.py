@@ -72,3 +72,42 @@ def test_batch_that_does_not_divide_fails():
     assert (
         "data.global_batch_size=6 is not divisible by micro_batch_size x DP = 1 x 4" in out.stderr
     )
+
+
+SBATCH = sorted(
+    str(p.relative_to(REPO))
+    for p in [*REPO.glob("examples/slurm/*.sbatch"), *REPO.glob("examples/recipes/*.sbatch")]
+)
+
+
+def _directives(script: str) -> dict[str, str]:
+    out = {}
+    for line in (REPO / script).read_text().splitlines():
+        if line.startswith("#SBATCH --"):
+            key, _, value = line[len("#SBATCH --") :].partition("=")
+            out[key.strip()] = value.strip()
+    return out
+
+
+@pytest.mark.parametrize("script", SBATCH)
+def test_sbatch_directives_a_cluster_needs(script):
+    d = _directives(script)
+    # Slurm fails a job whose --output folder does not exist, without writing any log
+    assert "/" not in d["output"], d["output"]
+    assert "exclusive" in d and d["mem"] == "0"
+    signal, _, lead = d["signal"].partition("@")
+    assert signal.endswith("USR1") and int(lead) >= 600  # a 12B save takes minutes
+
+
+@pytest.mark.parametrize("script", SBATCH)
+def test_srun_gets_the_cpus_per_task(script, tmp_path):
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "srun").write_text(f'#!/bin/sh\necho "$@" > {tmp_path}/srun.args\n')
+    (fake / "srun").chmod(0o755)
+    env = {"PATH": f"{fake}:/usr/bin:/bin", "SLURM_CPUS_PER_TASK": "16", "SLURM_NNODES": "1"}
+    out = run_script(script, env, "model.checkpoint=/ckpt/base")
+    assert out.returncode == 0, out.stderr
+    args = (tmp_path / "srun.args").read_text().split()
+    assert "--cpus-per-task=16" in args and "--kill-on-bad-exit=1" in args
+    assert args[args.index("-m") + 1] == "megatron_lang.train"
