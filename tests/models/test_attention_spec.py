@@ -129,3 +129,19 @@ def test_dry_run_as_on_cuda_te_catches_te_conflicts():
     _startup("lora.enabled=true", "model.transformer_engine=false", **kw)
     with pytest.raises(build.StartupError, match="context_parallel=2 needs TransformerEngine"):
         _startup("parallel.context_parallel=2", "model.transformer_engine=false", world=2, **kw)
+
+
+@pytest.mark.distributed
+def test_sliding_window_model_takes_explicit_masks_within_the_window():
+    """megatron-core's softmax swaps any mask for its sliding-window causal one; within the
+    window the trainer builds the model without it, and the masks it passes are applied."""
+    import torch
+
+    from tests._distributed import run_distributed
+    from tests.models._window_jobs import window_outputs
+
+    out = run_distributed(window_outputs, 1)[0]
+    assert "explicit attention masks cannot be combined with window_size" in out["refused"]
+    assert out["window_size"] is None
+    torch.testing.assert_close(out["causal"], out["windowed"], rtol=0, atol=1e-6)
+    assert (out["bidirectional"] - out["causal"]).abs().max() > 1e-3  # the mask is honoured

@@ -26,7 +26,6 @@ def _check(*overrides, world=1, hardware=True):
     [
         ("model.fp8=hybrid", "model.fp8='hybrid' needs a CUDA GPU with TransformerEngine"),
         ("model.transformer_engine=true", "model.transformer_engine=true but TransformerEngine"),
-        ("optimizer.overlap_grad_reduce=true", "need CUDA streams"),
         ("parallel.sequence_parallel=true", "sequence_parallel needs TransformerEngine or Apex"),
     ],
 )
@@ -72,3 +71,12 @@ def test_dry_run_cli(capsys):
     assert "tensor_parallel: 2" in out  # the resolved config is printed
     assert main(["--dry-run", "optimizer.lrr=1"]) == 2
     assert "unknown config key 'optimizer.lrr'" in capsys.readouterr().err
+
+
+def test_sliding_window_with_explicit_masks_past_the_window_is_refused():
+    window = ["model.arch.sliding_window=32", "data.seq_length=64"]
+    for mask in ("objective.mntp_fraction=0.1", "data.document_attention=true"):
+        with pytest.raises(StartupError, match="longer than the model's sliding window"):
+            _check(*window, mask, hardware=False)
+    _check(*window, hardware=False)  # causal only: the window is applied by megatron-core
+    _check("model.arch.sliding_window=64", "data.seq_length=64", "objective.mntp_fraction=0.1")
