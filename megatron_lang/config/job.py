@@ -61,7 +61,10 @@ class DataConfig:
     eod_mask_loss: bool = False
     """Do not train on predicting the token after an EOD."""
     cache_dir: str | None = None
-    """Where megatron-core caches dataset index files (None: in memory)."""
+    """Folder for megatron-core's dataset index files, shared by all ranks: rank 0 builds
+    them once, the others (and later runs) load them. None: ``<checkpoint.dir>/index_cache``,
+    else ``megatron_lang-index-cache`` in the system temp folder. Never beside the data,
+    which may be read-only or a node-local copy."""
     valid_samples: int | None = None
     """Samples per validation set (None: one pass)."""
 

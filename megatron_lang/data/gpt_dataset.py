@@ -269,7 +269,8 @@ def build_blend_datasets(
         tokenizer: object with ``eod`` and ``vocab_size`` (a megatron tokenizer or :class:`TokenIds`).
         seed: shuffling seed.
         valid_samples: samples per validation set; ``None`` is one pass over it.
-        path_to_cache: where megatron-core caches its index files (``None``: memory only).
+        path_to_cache: where megatron-core caches its index files (``None``: megatron-core's
+            default, a ``cache/`` folder beside the data).
         is_built_on_rank: whether this rank builds (others load the cache).
         **gpt_config: extra ``GPTDatasetConfig`` fields (e.g. ``eod_mask_loss=True``).
     """

@@ -74,7 +74,7 @@ def build_train_data(cfg: JobConfig, tokenizer_dir: str | None) -> TrainData:
         tokenizer=TokenIds(eod=eod, vocab_size=vocab),
         seed=cfg.train.seed,
         valid_samples=d.valid_samples,
-        path_to_cache=d.cache_dir,
+        path_to_cache=str(index_cache_dir(cfg)),
         reset_position_ids=doc,
         reset_attention_mask=doc,
         create_attention_mask=doc and not cfg.objective.enabled,  # objectives build their own
@@ -89,6 +89,35 @@ def build_train_data(cfg: JobConfig, tokenizer_dir: str | None) -> TrainData:
         if cfg.objective.bidirectional:  # validation is MNTP too; hybrid runs validate causally
             valid = {name: ObjectiveDataset(ds, masking) for name, ds in valid.items()}
     return TrainData(train, valid, [s.name for s in spec.sources], eod)
+
+
+def index_cache_dir(cfg: JobConfig) -> Path:
+    """The folder for megatron-core's dataset index cache (see ``data.cache_dir``); writable.
+
+    Raises:
+        StartupError: the folder cannot be created or written (named, with the option).
+    """
+    import tempfile
+
+    from megatron_lang.training.build import StartupError
+
+    d = cfg.data
+    if d.cache_dir:
+        path, origin = Path(d.cache_dir), "data.cache_dir"
+    elif cfg.checkpoint.dir:
+        path, origin = Path(cfg.checkpoint.dir) / "index_cache", "checkpoint.dir"
+    else:
+        path, origin = Path(tempfile.gettempdir()) / "megatron_lang-index-cache", "the default"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise StartupError(
+            f"dataset index cache folder {path} (from {origin}) is not writable: {e}; set "
+            "data.cache_dir to a writable folder that every rank sees"
+        ) from None
+    return path
 
 
 def masking_spec(cfg: JobConfig, tokenizer_dir: str | None, eod: int, vocab: int):
@@ -150,6 +179,74 @@ def step_microbatches(
         start = first_sample + m * per_micro + dp_rank * micro_batch
         batches.append(collate([dataset[i] for i in range(start, start + micro_batch)]))
     return batches
+
+
+class Prefetcher:
+    """This rank's micro-batches of the next step, built in a background thread.
+
+    While step ``k`` runs on the GPU, a worker thread collates the samples of step
+    ``k+1`` (reading the memory-mapped datasets, MNTP masking) into pinned host memory
+    on CUDA machines, so the copies to the GPU can overlap compute
+    (:func:`to_device` per micro-batch, as the schedule asks for it). The batches are
+    the ones :func:`step_microbatches` builds (same samples, same order): a run with
+    the prefetcher is bitwise the run without it.
+    """
+
+    def __init__(
+        self,
+        dataset: Any,
+        global_batch: int,
+        micro_batch: int,
+        dp_rank: int,
+        dp_size: int,
+        pin_memory: bool | None = None,
+    ):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.dataset, self.global_batch = dataset, global_batch
+        self.micro_batch, self.dp_rank, self.dp_size = micro_batch, dp_rank, dp_size
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="megatron-lang-data")
+        self._next: tuple[int, Any] | None = None
+
+    def _build(self, first_sample: int) -> list[dict[str, torch.Tensor]]:
+        batches = step_microbatches(
+            self.dataset,
+            first_sample,
+            self.global_batch,
+            self.micro_batch,
+            self.dp_rank,
+            self.dp_size,
+        )
+        if self.pin_memory:
+            batches = [{k: v.pin_memory() for k, v in b.items()} for b in batches]
+        return batches
+
+    def get(self, first_sample: int) -> tuple[list[dict[str, torch.Tensor]], float]:
+        """The micro-batches of the step starting at ``first_sample``, and seconds waited.
+
+        Starts building the following step's batches before returning.
+        """
+        import time
+
+        t0 = time.perf_counter()
+        if self._next is not None and self._next[0] == first_sample:
+            batches = self._next[1].result()
+        else:  # first step, or the position moved (resume, evaluation order): build now
+            if self._next is not None:
+                self._next[1].cancel()
+            batches = self._build(first_sample)
+        waited = time.perf_counter() - t0
+        following = first_sample + self.global_batch
+        self._next = None
+        if following + self.global_batch <= len(self.dataset):
+            self._next = (following, self._pool.submit(self._build, following))
+        return batches, waited
+
+    def close(self) -> None:
+        """Stop the worker thread (a pending build is dropped)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._next = None
 
 
 def to_device(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

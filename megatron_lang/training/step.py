@@ -91,6 +91,9 @@ def run_schedule(
 ) -> torch.Tensor:
     """Forward (and backward) over ``microbatches``; return the global report vector.
 
+    ``microbatches`` are host tensors (pinned on CUDA): each moves to the GPU when the
+    schedule takes it.
+
     The vector is summed over micro-batches and all ranks (only the last pipeline
     stage's first tensor-parallel rank contributes, so nothing is counted twice)
     and is identical on every rank.
@@ -99,8 +102,10 @@ def run_schedule(
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     from megatron_lang.platform.distributed import collective_device
+    from megatron_lang.training.data import to_device
 
-    iterators = [iter(microbatches) for _ in model_chunks]
+    # one micro-batch on the device at a time (explicit [s, s] masks are large)
+    iterators = [map(to_device, microbatches) for _ in model_chunks]
     outputs = get_forward_backward_func()(
         forward_step_func=partial(forward_step, n_sources),
         data_iterator=iterators if len(model_chunks) > 1 else iterators[0],

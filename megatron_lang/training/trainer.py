@@ -65,6 +65,10 @@ class Trainer:
             self._resume(latest)
         self._check_master_weights()
         self.data = data.build_train_data(cfg, src.tokenizer_dir)
+        d = cfg.data
+        self.prefetch = data.Prefetcher(
+            self.data.train, d.global_batch_size, d.micro_batch_size, self.dp_rank, self.dp_size
+        )
         self.flops_per_step = self._flops()
         from megatron_lang.training.metrics import MetricsWriter
 
@@ -241,6 +245,7 @@ class Trainer:
                 self.save()
             return 0
         finally:
+            self.prefetch.close()
             if self._async_saves is not None:
                 self._async_saves.maybe_finalize_async_calls(blocking=True)
             signals.restore()
@@ -257,23 +262,11 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         """One optimizer step over the next global batch (skipped on a non-finite loss)."""
         d, t0 = self.cfg.data, time.perf_counter()
-        batches = data.step_microbatches(
-            self.data.train,
-            self.state.consumed_samples,
-            d.global_batch_size,
-            d.micro_batch_size,
-            self.dp_rank,
-            self.dp_size,
-        )
+        batches, data_wait = self.prefetch.get(self.state.consumed_samples)
         for m in self.model:
             m.zero_grad_buffer()
         self.optimizer.zero_grad()
-        report = step.run_schedule(
-            self.model,
-            [data.to_device(b) for b in batches],
-            d.seq_length,
-            len(self.data.source_names),
-        )
+        report = step.run_schedule(self.model, batches, d.seq_length, len(self.data.source_names))
         metrics = step.summarize(
             report, self.data.source_names, objective=self.cfg.objective.enabled
         )
@@ -296,6 +289,7 @@ class Trainer:
                     f"last: step {self.state.step}, {why}"
                 )
         metrics["step_time_s"] = time.perf_counter() - t0
+        metrics["data_wait_s"] = data_wait
         return metrics
 
     def _after_step(self, metrics: dict[str, float]) -> None:
@@ -365,11 +359,7 @@ class Trainer:
                         for b in batches:  # validation sets are single-source
                             b.pop("dataset_id", None)
                         r = step.run_schedule(
-                            self.model,
-                            [data.to_device(b) for b in batches],
-                            d.seq_length,
-                            0,
-                            forward_only=True,
+                            self.model, batches, d.seq_length, 0, forward_only=True
                         )
                         total = r if total is None else total + r
                 loss = float(total[0] / total[1])
