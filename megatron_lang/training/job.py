@@ -76,6 +76,9 @@ def describe(cfg: JobConfig, world_size: int, assume_cuda_te: bool = False) -> s
         )
     if assume_cuda_te:
         lines.append(f"layer spec on CUDA+TE: {build.layer_spec_summary(cfg, te=True)}")
+    from megatron_lang.training.memory import estimate_memory
+
+    lines.append(estimate_memory(cfg, a, src.padded_vocab, world_size).table())
     return "\n".join(lines)
 
 
