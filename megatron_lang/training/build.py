@@ -276,6 +276,28 @@ def _check_lora(cfg: JobConfig, arch: LlamaArch, te: bool | None) -> None:
         raise StartupError(str(e)) from None
 
 
+def pipeline_comm_options(layout, cuda: bool) -> dict[str, bool]:
+    """TransformerConfig pipeline options Megatron-LM's training uses (empty at PP=1).
+
+    - ``deallocate_pipeline_outputs``: once a stage has sent its output activation to
+      the next stage, only the tensor's autograd graph is needed (megatron-core's
+      ``custom_backward``), so its data is freed: one ``[s/TP, b, h]`` tensor per
+      micro-batch in flight. Also on CPU/gloo, where the pipeline tests run it.
+    - With virtual pipeline stages on CUDA, ``overlap_p2p_comm`` (the interleaved
+      schedule posts the next send/receive before computing and waits later) with
+      ``batch_p2p_comm=False``, which megatron-core requires with it. The 1F1B
+      schedule without VPP refuses ``overlap_p2p_comm``. Not on gloo: there
+      ``batch_p2p_comm=False`` comes from ``cpu_support.transformer_config_defaults()``
+      and the schedule's sends stay synchronous.
+    """
+    if layout.pipeline_parallel == 1:
+        return {}
+    out = {"deallocate_pipeline_outputs": True}
+    if cuda and layout.virtual_pipeline_parallel:
+        out.update(overlap_p2p_comm=True, batch_p2p_comm=False)
+    return out
+
+
 def transformer_config(cfg: JobConfig, arch: LlamaArch):
     """megatron-core TransformerConfig for this job."""
     m, p = cfg.model, cfg.parallel
@@ -291,6 +313,7 @@ def transformer_config(cfg: JobConfig, arch: LlamaArch):
         sequence_parallel=p.sequence_parallel,
         calculate_per_token_loss=True,
     )
+    overrides.update(pipeline_comm_options(p, cuda=torch.cuda.is_available()))
     if arch.sliding_window and needs_arbitrary_mask(cfg):
         # check_startup allows this only for seq_length <= window, where the window
         # masks nothing: without it megatron-core applies the explicit masks as given
