@@ -1,5 +1,14 @@
-# Shared by the launch scripts: `--dry-run` anywhere in the arguments prints the
-# resolved config and the layout for the job's world size, without launching ranks.
+# Sourced by every GPU launch script (train_single_node.sh, train_multinode.sh,
+# slurm/train.sbatch, recipes/recipe.sh).
+
+# PyTorch's CUDA allocator with expandable segments: activations of changing sizes
+# (micro-batches, pipeline stages, evaluation) fragment fixed segments, and a 12B job
+# near the memory limit then fails with free-but-fragmented memory. A value already set
+# is kept (and torch >= 2.9 reads PYTORCH_ALLOC_CONF first when that is set).
+export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
+
+# `--dry-run` anywhere in the arguments prints the resolved config, the layout for the
+# job's world size and the memory estimate per GPU, without launching ranks.
 # Usage: dry_run_or_continue WORLD_SIZE "$@"  (exits after a dry run)
 dry_run_or_continue() {
   local world=$1; shift

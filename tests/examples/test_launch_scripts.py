@@ -111,3 +111,32 @@ def test_srun_gets_the_cpus_per_task(script, tmp_path):
     args = (tmp_path / "srun.args").read_text().split()
     assert "--cpus-per-task=16" in args and "--kill-on-bad-exit=1" in args
     assert args[args.index("-m") + 1] == "megatron_lang.train"
+
+
+GPU_SCRIPTS = [
+    ("examples/train_single_node.sh", "torchrun", {}),
+    ("examples/train_multinode.sh", "torchrun", {"NNODES": "2", "MASTER_ADDR": "node001"}),
+    ("examples/slurm/train.sbatch", "srun", {}),
+    *((s, "srun", {}) for s in SBATCH if s.startswith("examples/recipes/")),
+]
+
+
+@pytest.mark.parametrize("script,launcher,extra", GPU_SCRIPTS, ids=[s for s, _, _ in GPU_SCRIPTS])
+@pytest.mark.parametrize("preset", [None, "max_split_size_mb:512"], ids=["default", "user"])
+def test_gpu_launch_scripts_set_expandable_segments(
+    script, launcher, extra, preset, tmp_path, monkeypatch
+):
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / launcher).write_text(
+        f'#!/bin/sh\necho "$PYTORCH_CUDA_ALLOC_CONF" > {tmp_path}/alloc_conf\n'
+    )
+    (fake / launcher).chmod(0o755)
+    env = {"PATH": f"{fake}:/usr/bin:/bin", "SLURM_NNODES": "1", "GPUS_PER_NODE": "2", **extra}
+    if preset:
+        env["PYTORCH_CUDA_ALLOC_CONF"] = preset
+    out = run_script(script, env, "model.checkpoint=/ckpt/base")
+    assert out.returncode == 0, out.stderr
+    got = (tmp_path / "alloc_conf").read_text().strip()
+    assert got == (preset or "expandable_segments:True")
