@@ -16,8 +16,18 @@ width, ``s`` the sequence length:
 
 Plus the logits layer ``2*h*V`` per token (``V`` the padded vocabulary). The
 backward pass costs twice the forward (data and weight gradients), so training
-is ``3x`` the forward; full activation recomputation repeats the transformer
-layers' forward once more (``4x`` for the layers, the logits stay ``3x``).
+is ``3x`` the forward.
+
+Two utilisation figures come from these counts:
+
+* **MFU** (model FLOPs utilisation): the model's FLOPs, ``3x`` forward, whatever the
+  recomputation (``6*N*tokens`` + attention). This is Megatron-LM's
+  ``num_floating_point_operations`` and the figure to compare between runs and with
+  published numbers.
+* **HFU** (hardware FLOPs utilisation): what the GPUs actually compute, including
+  recomputed forward passes: full recomputation repeats the transformer layers'
+  forward (``4x`` for the layers, the logits stay ``3x``); selective recomputation
+  repeats the core attention (the ``Q K^T`` and ``P V`` matmuls). HFU >= MFU.
 """
 
 from __future__ import annotations
@@ -31,13 +41,19 @@ from megatron_lang.models.arch import LlamaArch, padded_vocab_size
 
 __all__ = [
     "ForwardFlops",
+    "StepFlops",
     "achieved_tflops_per_gpu",
     "forward_flops_per_token",
+    "hfu",
     "mfu",
     "peak_tflops",
+    "step_flops",
     "training_flops_per_step",
     "training_flops_per_token",
 ]
+
+RECOMPUTE = (None, "selective", "full")
+"""``model.recompute`` values (also accepted: True = ``full``, False = None)."""
 
 
 @dataclass(frozen=True)
@@ -103,28 +119,45 @@ def forward_flops_per_token(
     )
 
 
+def _recomputed_forward(f: ForwardFlops, recompute: str | bool | None) -> float:
+    """Forward FLOPs per token that recomputation repeats in the backward pass."""
+    if recompute is True:
+        recompute = "full"
+    elif recompute is False:
+        recompute = None
+    if recompute not in RECOMPUTE:
+        raise ValueError(f"recompute={recompute!r}: one of {RECOMPUTE} (or True/False)")
+    if recompute == "full":
+        return f.layers
+    if recompute == "selective":
+        return f.attention  # megatron-core's selective recompute: the core attention
+    return 0.0
+
+
 def training_flops_per_token(
     arch: LlamaArch,
     seq_length: int,
-    recompute: bool = False,
+    recompute: str | bool | None = False,
     causal: bool = True,
     padded_vocab: int | None = None,
 ) -> float:
-    """Forward + backward FLOPs per token (``3x`` forward, layers ``4x`` with full recompute).
+    """Forward + backward FLOPs per token: ``3x`` forward, plus what ``recompute`` repeats.
 
-    With ``recompute=True`` the recomputed forward is counted, which makes the
-    utilisation derived from it a hardware-FLOPs figure (HFU) rather than MFU.
+    Args:
+        recompute: None/False: model FLOPs (the MFU numerator). ``"full"``/True: the
+            layers' forward once more; ``"selective"``: the core attention once more.
+            With recomputation the count is hardware FLOPs (the HFU numerator), not
+            model FLOPs: see :func:`step_flops` for both.
     """
     f = forward_flops_per_token(arch, seq_length, causal=causal, padded_vocab=padded_vocab)
-    layer_factor = 4 if recompute else 3
-    return layer_factor * f.layers + 3 * f.logits
+    return 3 * f.total + _recomputed_forward(f, recompute)
 
 
 def training_flops_per_step(
     arch: LlamaArch,
     seq_length: int,
     global_batch_size: int,
-    recompute: bool = False,
+    recompute: str | bool | None = False,
     causal: bool = True,
     padded_vocab: int | None = None,
 ) -> float:
@@ -135,7 +168,8 @@ def training_flops_per_step(
         seq_length: tokens per sequence.
         global_batch_size: sequences per optimizer step, over all data-parallel
             ranks and micro-batches.
-        recompute: full activation recomputation is on (adds one layer forward).
+        recompute: count recomputed forward passes too (``"full"``/True, ``"selective"``):
+            hardware FLOPs, for HFU. Leave it off (the default) for MFU.
         causal: causal attention (half the score matrix); False for bidirectional.
         padded_vocab: output-layer vocabulary as built (see :func:`forward_flops_per_token`).
     """
@@ -143,6 +177,37 @@ def training_flops_per_step(
         arch, seq_length, recompute=recompute, causal=causal, padded_vocab=padded_vocab
     )
     return per_token * seq_length * global_batch_size
+
+
+@dataclass(frozen=True)
+class StepFlops:
+    """FLOPs of one optimizer step (all GPUs together), for MFU and for HFU."""
+
+    model: float
+    """Model FLOPs: ``3x`` forward, no recomputation (the MFU numerator)."""
+    hardware: float
+    """Model FLOPs + recomputed forward passes (the HFU numerator)."""
+
+
+def step_flops(
+    arch: LlamaArch,
+    seq_length: int,
+    global_batch_size: int,
+    recompute: str | bool | None = None,
+    causal: bool = True,
+    padded_vocab: int | None = None,
+) -> StepFlops:
+    """Model and hardware FLOPs of one step; ``recompute`` is ``model.recompute``.
+
+    The trainer's ``mfu`` divides the achieved rate of ``model`` by the peak, ``hfu``
+    that of ``hardware``; without recomputation the two are equal.
+    """
+    args = (arch, seq_length, global_batch_size)
+    kw = {"causal": causal, "padded_vocab": padded_vocab}
+    return StepFlops(
+        model=training_flops_per_step(*args, recompute=None, **kw),
+        hardware=training_flops_per_step(*args, recompute=recompute, **kw),
+    )
 
 
 def achieved_tflops_per_gpu(flops_per_step: float, step_time_s: float, num_gpus: int) -> float:
@@ -208,7 +273,20 @@ def peak_tflops(device_name: str | None = None, dtype: str = "bf16") -> float | 
 
 
 def mfu(achieved_tflops_per_gpu: float, peak: float | None) -> float | None:
-    """Model FLOPs utilisation as a fraction (0.45 = 45%), or None when the peak is unknown."""
+    """Model FLOPs utilisation as a fraction (0.45 = 45%), or None when the peak is unknown.
+
+    ``achieved_tflops_per_gpu`` must come from model FLOPs (``StepFlops.model``: no
+    recomputation counted).
+    """
     if peak is None or peak <= 0:
         return None
     return achieved_tflops_per_gpu / peak
+
+
+def hfu(achieved_hardware_tflops_per_gpu: float, peak: float | None) -> float | None:
+    """Hardware FLOPs utilisation as a fraction, or None when the peak is unknown.
+
+    ``achieved_hardware_tflops_per_gpu`` comes from ``StepFlops.hardware`` (recomputed
+    forward passes included).
+    """
+    return mfu(achieved_hardware_tflops_per_gpu, peak)

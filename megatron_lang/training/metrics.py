@@ -5,7 +5,7 @@ Tag names used by the trainer (``prefix/key``; constants below):
 * ``train/loss``, ``train/loss/<source>``, ``train/lr``, ``train/grad_norm``,
   ``train/skipped_steps``;
 * ``throughput/tokens_per_s``, ``throughput/tflops_per_gpu``, ``throughput/mfu``,
-  ``throughput/step_time_s``;
+  ``throughput/hfu`` (with recomputation), ``throughput/step_time_s``;
 * ``memory/<key>`` from :func:`memory_stats`;
 * ``val/<set>/loss``, ``val/<set>/ppl`` per validation set (language).
 
@@ -41,6 +41,7 @@ GRAD_NORM = "grad_norm"
 TOKENS_PER_S = "tokens_per_s"
 TFLOPS_PER_GPU = "tflops_per_gpu"
 MFU = "mfu"
+HFU = "hfu"
 SKIPPED_STEPS = "skipped_steps"
 STEP_TIME_S = "step_time_s"
 MEMORY_GB = "memory_gb"
@@ -60,6 +61,7 @@ _CONSOLE: tuple[tuple[str, str, Any], ...] = (
     (TOKENS_PER_S, "tok/s", _fmt_int),
     (TFLOPS_PER_GPU, "TFLOP/s/GPU", lambda v: f"{v:.1f}" if abs(v) >= 10 else f"{v:.3g}"),
     (MFU, "MFU", lambda v: f"{100 * v:.1f}%"),
+    (HFU, "HFU", lambda v: f"{100 * v:.1f}%"),
     (SKIPPED_STEPS, "skipped", lambda v: f"{int(v)}"),
     (MEMORY_GB, "mem", lambda v: f"{v:.2f} GB"),
     (STEP_TIME_S, "step", lambda v: f"{v:.3f} s"),
@@ -67,7 +69,7 @@ _CONSOLE: tuple[tuple[str, str, Any], ...] = (
 CONSOLE_KEYS: tuple[str, ...] = tuple(k for k, _, _ in _CONSOLE)
 """Keys :func:`format_console_line` places first, in this order."""
 
-_THROUGHPUT_KEYS = frozenset({TOKENS_PER_S, TFLOPS_PER_GPU, MFU, STEP_TIME_S})
+_THROUGHPUT_KEYS = frozenset({TOKENS_PER_S, TFLOPS_PER_GPU, MFU, HFU, STEP_TIME_S})
 _MEMORY_KEYS = frozenset(
     {MEMORY_GB, "allocated_gb", "reserved_gb", "max_allocated_gb", "max_reserved_gb", "cpu_rss_gb"}
 )
@@ -93,7 +95,7 @@ def format_console_line(step: int, total_steps: int, values: Mapping[str, float 
         step: the step just finished.
         total_steps: steps in the run (0 or negative: unknown, only ``step N`` shown).
         values: figures by key; known keys (:data:`CONSOLE_KEYS`: ``loss``, ``lr``,
-            ``grad_norm``, ``tokens_per_s``, ``tflops_per_gpu``, ``mfu`` as a fraction,
+            ``grad_norm``, ``tokens_per_s``, ``tflops_per_gpu``, ``mfu`` and ``hfu`` as fractions,
             ``skipped_steps``, ``memory_gb``, ``step_time_s``) are shown first in that
             order with their own formats; when ``memory_gb`` is absent the
             :func:`memory_stats` keys stand in for it; any other key follows as
@@ -219,7 +221,7 @@ class MetricsWriter:
     def train_step(self, step: int, values: Mapping[str, float | None]) -> None:
         """Write one training step's figures, each under its group's prefix.
 
-        ``tokens_per_s``, ``tflops_per_gpu``, ``mfu`` and ``step_time_s`` go to
+        ``tokens_per_s``, ``tflops_per_gpu``, ``mfu``, ``hfu`` and ``step_time_s`` go to
         ``throughput/``; ``memory_gb`` and the :func:`memory_stats` keys to ``memory/``;
         everything else (``loss``, ``loss/<source>``, ``lr``, ``grad_norm``,
         ``skipped_steps`` ...) to ``train/``.

@@ -8,8 +8,10 @@ from megatron_lang.models.arch import LlamaArch
 from megatron_lang.training.flops import (
     achieved_tflops_per_gpu,
     forward_flops_per_token,
+    hfu,
     mfu,
     peak_tflops,
+    step_flops,
     training_flops_per_step,
     training_flops_per_token,
 )
@@ -74,6 +76,38 @@ def test_recompute_repeats_layer_forward_only():
     expected = B * (4 * layers + 3 * logits)
     got = training_flops_per_step(_tiny(), s, B, recompute=True)
     assert got == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("recompute", [None, False, "selective", "full", True])
+def test_model_flops_never_count_recomputation(recompute):
+    L, s, h, a, g, d, f, V, B = 2, 4, 8, 4, 2, 2, 16, 128, 3
+    model = B * 3 * _hand_forward_per_sequence(L, s, h, a, g, d, f, V, True)
+    got = step_flops(_tiny(), s, B, recompute=recompute)
+    assert got.model == pytest.approx(model, rel=1e-12)  # the MFU numerator: 3x forward only
+    logits = mm(s, V, h)
+    layers = _hand_forward_per_sequence(L, s, h, a, g, d, f, V, True) - logits
+    # causal scores + context, halved: a * (mm(s, s, d) + mm(s, d, s)) / 2 per layer
+    attention = L * 0.5 * a * (mm(s, s, d) + mm(s, d, s))
+    extra = {None: 0, False: 0, "selective": attention, "full": layers, True: layers}[recompute]
+    assert got.hardware == pytest.approx(model + B * extra, rel=1e-12)  # the HFU numerator
+    assert got.hardware == training_flops_per_step(_tiny(), s, B, recompute=recompute)
+
+
+def test_mfu_and_hfu_of_a_full_recompute_run():
+    # Llama-2-7B at 4096 with full recompute: the GPU computes the layers' forward 4x,
+    # MFU counts 3x; over one measured step time the two differ by exactly that ratio
+    flops = step_flops(LLAMA2_7B, 4096, 512, recompute="full")
+    f = forward_flops_per_token(LLAMA2_7B, 4096)
+    assert flops.hardware / flops.model == pytest.approx(
+        (4 * f.layers + 3 * f.logits) / (3 * f.total), rel=1e-12
+    )
+    model_tflops = achieved_tflops_per_gpu(flops.model, 10.0, 32)
+    hw_tflops = achieved_tflops_per_gpu(flops.hardware, 10.0, 32)
+    assert mfu(model_tflops, 989.0) == pytest.approx(flops.model / 10.0 / 32 / 1e12 / 989.0)
+    assert hfu(hw_tflops, 989.0) > mfu(model_tflops, 989.0)
+    assert hfu(hw_tflops, None) is None
+    with pytest.raises(ValueError, match="recompute='block'"):
+        step_flops(LLAMA2_7B, 4096, 512, recompute="block")
 
 
 def test_gqa_saves_exactly_the_kv_projection_difference():

@@ -50,6 +50,7 @@ def test_train_step_routes_keys_to_groups(tmp_path):
                 "tokens_per_s": 1000.0,
                 "tflops_per_gpu": 400.0,
                 "mfu": 0.4,
+                "hfu": 0.5,
                 "mfu_unknown": None,
                 "step_time_s": 0.25,
                 "cpu_rss_gb": 1.5,
@@ -65,6 +66,7 @@ def test_train_step_routes_keys_to_groups(tmp_path):
         "throughput/tokens_per_s",
         "throughput/tflops_per_gpu",
         "throughput/mfu",
+        "throughput/hfu",
         "throughput/step_time_s",
         "memory/cpu_rss_gb",
     }
@@ -106,6 +108,7 @@ def test_console_line_formats_every_known_value():
             "tokens_per_s": 123456.7,
             "tflops_per_gpu": 456.78,
             "mfu": 0.4618,
+            "hfu": 0.6123,
             "skipped_steps": 2,
             "memory_gb": 61.234,
             "step_time_s": 1.5,
@@ -121,6 +124,7 @@ def test_console_line_formats_every_known_value():
         "tok/s 123,457",
         "TFLOP/s/GPU 456.8",
         "MFU 46.2%",
+        "HFU 61.2%",
         "skipped 2",
         "mem 61.23 GB",
         "step 1.500 s",
@@ -128,7 +132,8 @@ def test_console_line_formats_every_known_value():
     ]:
         assert piece in line, (piece, line)
     # known figures in a fixed order, extras last
-    assert line.index("loss 2.3457") < line.index("lr ") < line.index("MFU") < line.index("loss/da")
+    assert line.index("loss 2.3457") < line.index("lr ") < line.index("MFU") < line.index("HFU")
+    assert line.index("HFU") < line.index("loss/da")
 
 
 def test_console_line_leaves_out_unknowns_and_uses_memory_stats():
