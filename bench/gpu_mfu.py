@@ -1,14 +1,21 @@
 """Benchmark: training throughput and MFU of a Llama-3-8B-shaped model on one GPU (or more).
 
-A Llama-3-8B-shaped GPTModel (hidden 4096, 32 heads, 8 KV groups, FFN 14336, vocab
-128256, RoPE base 500000, sequence 8192) with as many layers as fit (``--layers``,
-default 8; reduced by 2 on CUDA out-of-memory when running on a single GPU), built by
+A slice of Llama-3-8B (hidden 4096, 32 heads, 8 KV groups, FFN 14336, RoPE base 500000,
+sequence 8192) with as many layers as fit (``--layers``, default 8; reduced by 2 on
+CUDA out-of-memory when running on a single GPU), built by
 ``megatron_lang.models.gpt.build_gpt_model`` with TransformerEngine's layer spec when TE
-is present.  Runs BF16 and, when TE imports, FP8 (``fp8="hybrid"``, ``--fp8-recipe``
+is present.  The vocabulary shrinks with the layers (``128256 x layers / 32``, a
+multiple of 128: 32,000 at 8 layers), so the slice has the full model's mix: the logits
+are ~6 % of the FLOPs as in the 32-layer model (with the whole 128256 vocabulary and 8
+layers they would be 21 %, and the MFU not comparable with full-model figures), and
+embedding, output layer and optimizer state keep their share of the parameters.
+``--full-vocab`` keeps 128256 (e.g. to see the real logits' memory).  Runs BF16 and, when TE imports, FP8 (``fp8="hybrid"``, ``--fp8-recipe``
 delayed or tensorwise/current scaling): warmup steps, then timed training steps, each
 megatron-core's forward/backward schedule over the micro-batches plus a megatron-core
 optimizer step (Adam, ``--distributed-optimizer`` optional), on random tokens.  Prints
-tokens/s, TFLOP/s per GPU (``megatron_lang.training.flops``, Megatron's formula) and MFU.
+tokens/s, TFLOP/s per GPU (``megatron_lang.training.flops``, Megatron's formula), MFU
+(model FLOPs) and, with ``--recompute``, HFU (recomputed forward passes counted too), and
+the logits' share of the FLOPs next to the full model's.
 
 For reference, NVIDIA reports 744 TFLOP/s/GPU for Llama-3-8B in FP8 on H100.
 
@@ -44,6 +51,8 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 NVIDIA_REFERENCE_TFLOPS = 744.0  # Llama-3-8B FP8, H100, TFLOP/s per GPU (NVIDIA)
+FULL_LAYERS = 32  # Llama-3-8B
+FULL_VOCAB = 128256
 
 
 @dataclass
@@ -59,8 +68,16 @@ class Result:
     step_time_s: float
     tokens_per_s: float
     tokens_per_s_per_gpu: float
+    vocab_size: int
+    logits_share: float
+    """Logits' share of this model's training FLOPs."""
+    full_model_logits_share: float
+    """The same share in the 32-layer Llama-3-8B (128256 vocabulary) at this sequence length."""
     tflops_per_gpu: float
+    """Model TFLOP/s per GPU (no recomputation counted)."""
     mfu: float | None
+    hfu: float | None
+    """Hardware FLOPs utilisation (recomputed forward passes counted); = MFU without."""
     mfu_vs_bf16_peak: float | None
     peak_tflops: float | None
     max_memory_gb: float | None
@@ -98,9 +115,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--recompute",
         choices=["none", "selective", "full"],
         default="none",
-        help="activation recomputation (full adds a layer forward to the FLOPs count)",
+        help="activation recomputation (counted in HFU, not in MFU)",
     )
     p.add_argument("--distributed-optimizer", action="store_true", help="shard optimizer state")
+    p.add_argument(
+        "--full-vocab",
+        action="store_true",
+        help="keep the 128256 vocabulary instead of scaling it with the layers (the logits "
+        "are then a larger share of the FLOPs than in the 32-layer model)",
+    )
     p.add_argument(
         "--no-auto-reduce", action="store_true", help="fail on OOM instead of removing layers"
     )
@@ -111,6 +134,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="tiny shape on CPU/gloo, world size 1, a few steps: proves the code path only",
     )
     args = p.parse_args(argv)
+    if not args.cpu_smoke and not args.full_vocab and not 1 <= args.layers <= FULL_LAYERS:
+        p.error(f"--layers {args.layers}: between 1 and {FULL_LAYERS} (Llama-3-8B's layers)")
     if args.fp8_recipe == "current":
         args.fp8_recipe = "tensorwise"
     if args.cpu_smoke:
@@ -121,8 +146,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def bench_arch(layers: int, seq_length: int, cpu_smoke: bool):
-    """Llama-3-8B shape (or a tiny one for the CPU smoke run)."""
+def scaled_vocab(layers: int, full_layers: int = FULL_LAYERS, full_vocab: int = FULL_VOCAB) -> int:
+    """Vocabulary of a ``layers``-layer slice with the full model's logits : layers ratio.
+
+    ``full_vocab x layers / full_layers`` rounded to a multiple of 128 (no padding
+    then; at least 128). The logits' FLOPs and the embedding and output parameters then
+    scale with the layers, as everything else in the slice does.
+    """
+    if not 1 <= layers <= full_layers:
+        raise ValueError(f"layers={layers}: between 1 and {full_layers}")
+    return max(128, round(full_vocab * layers / full_layers / 128) * 128)
+
+
+def logits_share(arch, seq_length: int, padded_vocab: int | None = None) -> float:
+    """Share of the logits in the training FLOPs of ``arch`` (3x forward: the same share)."""
+    from megatron_lang.training.flops import forward_flops_per_token
+
+    f = forward_flops_per_token(arch, seq_length, padded_vocab=padded_vocab)
+    return f.logits / f.total
+
+
+def bench_arch(layers: int, seq_length: int, cpu_smoke: bool, full_vocab: bool = False):
+    """Llama-3-8B slice (vocabulary scaled with the layers) or a tiny shape for the CPU smoke run."""
     from megatron_lang.models.arch import LlamaArch
 
     if cpu_smoke:
@@ -142,7 +187,7 @@ def bench_arch(layers: int, seq_length: int, cpu_smoke: bool):
         num_attention_heads=32,
         num_query_groups=8,
         ffn_hidden_size=14336,
-        vocab_size=128256,
+        vocab_size=FULL_VOCAB if full_vocab else scaled_vocab(layers),
         max_position_embeddings=seq_length,
         rotary_base=500000.0,
     )
@@ -167,7 +212,7 @@ def build(args: argparse.Namespace, precision: str, layers: int, world_size: int
     from megatron_lang.models.gpt import build_gpt_model, gpu_fusions, transformer_engine_available
     from megatron_lang.platform import set_seed
 
-    arch = bench_arch(layers, args.seq_length, args.cpu_smoke)
+    arch = bench_arch(layers, args.seq_length, args.cpu_smoke, args.full_vocab)
     set_seed(1234)
     on_gpu = torch.cuda.is_available() and not args.cpu_smoke
     use_te = on_gpu and transformer_engine_available()
@@ -239,9 +284,10 @@ def run_one(args: argparse.Namespace, precision: str, layers: int, world_size: i
 
     from megatron_lang.training.flops import (
         achieved_tflops_per_gpu,
+        hfu,
         mfu,
         peak_tflops,
-        training_flops_per_step,
+        step_flops,
     )
     from megatron_lang.training.metrics import memory_stats
 
@@ -293,14 +339,12 @@ def run_one(args: argparse.Namespace, precision: str, layers: int, world_size: i
         times.append(time.perf_counter() - t0)
     step_time = statistics.median(times)
     gbs = b * args.num_microbatches * world_size
-    flops = training_flops_per_step(
-        arch,
-        s,
-        gbs,
-        recompute=args.recompute == "full",
-        padded_vocab=ddp.module.vocab_size,  # as built (padded)
-    )
-    tflops = achieved_tflops_per_gpu(flops, step_time, world_size)
+    padded = ddp.module.vocab_size  # as built (padded)
+    recompute = None if args.recompute == "none" else args.recompute
+    flops = step_flops(arch, s, gbs, recompute=recompute, padded_vocab=padded)
+    tflops = achieved_tflops_per_gpu(flops.model, step_time, world_size)
+    hw_tflops = achieved_tflops_per_gpu(flops.hardware, step_time, world_size)
+    full = bench_arch(FULL_LAYERS, s, cpu_smoke=False, full_vocab=True)  # Llama-3-8B
     peak = peak_tflops(None, precision) if on_gpu and precision != "fp32" else None
     bf16_peak = peak_tflops(None, "bf16") if on_gpu else None
     mem = memory_stats()
@@ -315,8 +359,12 @@ def run_one(args: argparse.Namespace, precision: str, layers: int, world_size: i
         step_time_s=step_time,
         tokens_per_s=gbs * s / step_time,
         tokens_per_s_per_gpu=gbs * s / step_time / world_size,
+        vocab_size=padded,
+        logits_share=logits_share(arch, s, padded),
+        full_model_logits_share=logits_share(full, s),
         tflops_per_gpu=tflops,
         mfu=mfu(tflops, peak),
+        hfu=hfu(hw_tflops, peak),
         mfu_vs_bf16_peak=mfu(tflops, bf16_peak),
         peak_tflops=peak,
         max_memory_gb=mem.get("max_allocated_gb", mem.get("cpu_rss_gb")),
@@ -366,14 +414,18 @@ def _fmt(r: Result) -> str:
     extra = ""
     if r.precision == "fp8" and r.mfu_vs_bf16_peak is not None:
         extra = f" ({100 * r.mfu_vs_bf16_peak:.1f}% of the BF16 peak)"
+    if r.hfu is not None and r.mfu is not None and r.hfu != r.mfu:
+        extra += f" | HFU {100 * r.hfu:.1f}%"
     mem = f"{r.max_memory_gb:.1f} GB" if r.max_memory_gb is not None else "n/a"
     unit = "rank" if r.label == "CPU smoke" else "GPU"
     return (
-        f"[{r.label}] {r.precision:>4}  layers={r.layers} seq={r.seq_length} "
-        f"gbs={r.global_batch_size} {unit}s={r.world_size} | step {r.step_time_s:.3f} s | "
+        f"[{r.label}] {r.precision:>4}  layers={r.layers} vocab={r.vocab_size} "
+        f"seq={r.seq_length} gbs={r.global_batch_size} {unit}s={r.world_size} | "
+        f"step {r.step_time_s:.3f} s | "
         f"{r.tokens_per_s:,.0f} tok/s ({r.tokens_per_s_per_gpu:,.0f}/{unit}) | "
-        f"{r.tflops_per_gpu:.4g} TFLOP/s/{unit} | MFU {mfu_s}{extra} | mem {mem} | "
-        f"loss {r.loss:.3f}"
+        f"{r.tflops_per_gpu:.4g} TFLOP/s/{unit} | MFU {mfu_s}{extra} | "
+        f"logits {100 * r.logits_share:.1f}% of FLOPs (32 layers: "
+        f"{100 * r.full_model_logits_share:.1f}%) | mem {mem} | loss {r.loss:.3f}"
     )
 
 
