@@ -125,6 +125,8 @@ def test_recipe_dry_run(script, nodes, layout, batch, stages, fields, tokens):
     printed = re.search(r"([\d.e+]+) tokens in (\d+) steps", out.stdout)
     assert printed and int(printed.group(2)) == steps
     assert float(printed.group(1)) == pytest.approx(tokens, rel=5e-3)  # printed with 3 digits
+    assert "memory per GPU (estimate" in out.stdout and "\n  total " in out.stdout
+    assert "WARNING:" not in out.stdout  # every recipe fits an H100 by the estimate
 
 
 def test_default_node_count_is_the_scripts():
@@ -230,3 +232,37 @@ def test_budget_arithmetic_is_the_flops_formula():
     emb, full = budget.budgets(budget.RECIPES[1])
     assert emb.flops_per_token < full.flops_per_token  # frozen layers: no weight gradients
     assert full.peak_tflops == peak_tflops("H100", "fp8")
+
+
+@pytest.mark.parametrize(
+    "config,gpus,label",
+    [
+        ("snakmodel_7b.yaml", 32, "SnakModel"),
+        ("normistral_11b.yaml", 64, "NorMistral"),
+        ("normistral_11b.yaml", 128, "NorMistral"),
+        ("curie_7b.yaml", 8, "Curie"),
+    ],
+)
+def test_readme_memory_rows_are_the_dry_runs_estimate(config, gpus, label):
+    from megatron_lang.config import load_job_config
+    from megatron_lang.training.build import resolve_model
+    from megatron_lang.training.memory import estimate_memory
+
+    cfg = load_job_config(str(RECIPES / config), [])
+    src = resolve_model(cfg)
+    e = estimate_memory(cfg, src.arch, src.padded_vocab, gpus)
+    parts = [
+        e.weights_gb,
+        e.main_grads_gb,
+        e.optimizer_gb,
+        e.fp8_weights_gb,
+        e.activations_gb,
+        e.logits_gb,
+        e.attention_gb,
+        e.workspace_gb,
+    ]
+    cells = " | ".join(f"{v:.2f}" if v else "–" for v in parts)
+    share = f"{100 * e.total_gb / e.capacity_gb:.0f} %"
+    row = f"| {label} ({gpus}) | {cells} | {e.total_gb:.2f} ({share}) |"
+    assert row in (RECIPES / "README.md").read_text(), row
+    assert not e.over_limit  # every recipe stays below 90 % of an H100's 80 GB
