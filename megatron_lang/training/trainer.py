@@ -6,6 +6,7 @@ evaluation and logging live in their own modules and methods.
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import time
@@ -162,8 +163,21 @@ class Trainer:
         if nxt.index == self.stage.index:
             return
         self.sync_params()
-        weights = [_unwrap(m).state_dict() for m in self.model]
+        # host copies: the old model, its gradient buffers and optimizer state leave the
+        # GPU before the new stage's are built (peak memory: one model, not two)
+        weights = [
+            {
+                k: v.detach().to("cpu", copy=True) if isinstance(v, torch.Tensor) else v
+                for k, v in _unwrap(m).state_dict().items()
+            }
+            for m in self.model
+        ]
         del self.model, self.optimizer, self.scheduler
+        self.config.finalize_model_grads_func = self.config.no_sync_func = None
+        self.config.grad_sync_func = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
         self._build_stage(nxt, weights)
         del weights
         self._check_master_weights()
@@ -210,15 +224,16 @@ class Trainer:
             for m in self.model:
                 m.start_param_sync(force_sync=True)
 
-    def _flops(self) -> float:
-        from megatron_lang.training.flops import training_flops_per_step
+    def _flops(self):
+        """Model FLOPs (for MFU) and hardware FLOPs (recompute included, for HFU) per step."""
+        from megatron_lang.training.flops import step_flops
 
         d = self.cfg.data
-        return training_flops_per_step(
+        return step_flops(
             self.src.arch,
             d.seq_length,
             d.global_batch_size,
-            recompute=self.cfg.model.recompute == "full",
+            recompute=self.cfg.model.recompute,
             padded_vocab=self.src.padded_vocab,
         )
 
@@ -293,13 +308,14 @@ class Trainer:
         return metrics
 
     def _after_step(self, metrics: dict[str, float]) -> None:
-        from megatron_lang.training.flops import achieved_tflops_per_gpu, mfu, peak_tflops
+        from megatron_lang.training.flops import achieved_tflops_per_gpu, hfu, mfu, peak_tflops
         from megatron_lang.training.metrics import format_console_line, memory_stats
 
         cfg, s = self.cfg, self.state.step
         dt = metrics.pop("step_time_s")
         world = self.layout["world_size"]
-        tflops = achieved_tflops_per_gpu(self.flops_per_step, dt, world)
+        tflops = achieved_tflops_per_gpu(self.flops_per_step.model, dt, world)
+        hw_tflops = achieved_tflops_per_gpu(self.flops_per_step.hardware, dt, world)
         peak = peak_tflops(dtype="fp8" if cfg.model.fp8 else "bf16")
         values = {
             **metrics,
@@ -309,6 +325,7 @@ class Trainer:
             "tokens_per_s": cfg.data.global_batch_size * cfg.data.seq_length / dt,
             "tflops_per_gpu": tflops,
             "mfu": mfu(tflops, peak),
+            "hfu": hfu(hw_tflops, peak),
             "step_time_s": dt,
             **memory_stats(),
         }
