@@ -41,7 +41,90 @@ log = get_logger(__name__)
 
 LATEST = "latest"
 TRAIN_STATE = "train_state.json"
-OPTIMIZER_SHARDING = {"distrib_optim_sharding_type": "fully_reshardable"}
+OPTIMIZER_FORMATS = ("dp_reshardable", "fully_reshardable")
+"""megatron-core's distributed-optimizer checkpoint formats we write (see ``save_checkpoint``)."""
+MODEL_PARALLEL_KEYS = (
+    "tensor_parallel",
+    "pipeline_parallel",
+    "virtual_pipeline_parallel",
+    "context_parallel",
+)
+"""Layout entries a ``dp_reshardable`` optimizer state cannot change across a resume."""
+
+
+class CheckpointLayoutError(ValueError):
+    """A checkpoint cannot be resumed with this layout (the message says what to do)."""
+
+
+def _sharding(optimizer_format: str) -> dict[str, str]:
+    if optimizer_format not in OPTIMIZER_FORMATS:
+        raise ValueError(
+            f"checkpoint.optimizer_format={optimizer_format!r}: one of {', '.join(OPTIMIZER_FORMATS)}"
+        )
+    return {"distrib_optim_sharding_type": optimizer_format}
+
+
+def _dp_group():
+    from megatron.core import parallel_state as ps
+
+    return ps.get_data_parallel_group(with_context_parallel=True)
+
+
+def _save_strategy():
+    """Fully parallel save: the DP replicas of each tensor share the writing."""
+    from megatron.core.dist_checkpointing.serialization import get_default_save_sharded_strategy
+    from megatron.core.dist_checkpointing.strategies.fully_parallel import (
+        FullyParallelSaveStrategyWrapper,
+    )
+
+    return FullyParallelSaveStrategyWrapper(get_default_save_sharded_strategy(), _dp_group())
+
+
+def _load_strategy(path: Path):
+    """Fully parallel load: each DP replica reads a part and the parts are exchanged."""
+    from megatron.core.dist_checkpointing.serialization import get_default_load_sharded_strategy
+    from megatron.core.dist_checkpointing.strategies.fully_parallel import (
+        FullyParallelLoadStrategyWrapper,
+    )
+
+    return FullyParallelLoadStrategyWrapper(
+        get_default_load_sharded_strategy(str(path)), _dp_group()
+    )
+
+
+def check_resume_layout(path: Path, state: TrainState, current_layout: dict[str, Any]) -> str:
+    """The optimizer format to load ``path`` with at ``current_layout``; log a layout change.
+
+    ``dp_reshardable`` (the default save) reshards over data parallelism only;
+    ``fully_reshardable`` over TP, PP, VPP, CP and DP.
+
+    Raises:
+        CheckpointLayoutError: a ``dp_reshardable`` checkpoint resumed with another
+            TP/PP/VPP/CP (names both layouts and the way to convert it).
+    """
+    fmt = state.optimizer_format
+    saved = {k: state.layout.get(k) for k in MODEL_PARALLEL_KEYS}
+    now = {k: current_layout.get(k) for k in MODEL_PARALLEL_KEYS}
+    if saved != now and fmt == "dp_reshardable":
+        changed = ", ".join(f"{k} {saved[k]} -> {now[k]}" for k in saved if saved[k] != now[k])
+        raise CheckpointLayoutError(
+            f"{path} holds the optimizer state in the dp_reshardable format, which resumes at "
+            f"another data-parallel size but not with another model-parallel layout ({changed}). "
+            "Resume it once at the layout it was saved with, adding "
+            f"checkpoint.optimizer_format=fully_reshardable train.steps={state.step + 1}, then "
+            "resume that checkpoint with the new layout"
+        )
+    if state.layout != current_layout:
+        log.info(
+            "%s: saved at %s, resuming at %s (%s format, resharded on load)",
+            path.name,
+            state.layout,
+            current_layout,
+            fmt,
+        )
+    return fmt
+
+
 DELETING = ".deleting"
 
 
@@ -91,6 +174,8 @@ class TrainState:
     """Parallel layout and world size that wrote the checkpoint."""
     stage: int = 0
     """Index of the training stage whose model/optimizer the checkpoint holds."""
+    optimizer_format: str = "fully_reshardable"
+    """Distributed-optimizer format of the saved state (older checkpoints: fully_reshardable)."""
 
 
 def read_train_state(path: str | os.PathLike) -> TrainState:
@@ -159,6 +244,7 @@ def save_checkpoint(
     write_metadata,
     keep_last: int | None = None,
     async_queue=None,
+    optimizer_format: str = "dp_reshardable",
 ) -> Path:
     """Save a complete checkpoint of the run at ``state.step`` (call on every rank).
 
@@ -172,6 +258,10 @@ def save_checkpoint(
         keep_last: delete older checkpoints beyond this many.
         async_queue: megatron-core ``AsyncCallsQueue``: write in the background; the
             checkpoint is renamed and ``latest`` moves when the queue finalizes it.
+        optimizer_format: ``dp_reshardable`` (each rank writes its own optimizer shard, no
+            gather; resumes at another DP size) or ``fully_reshardable`` (gathered per
+            parameter in host memory; resumes at any TP/PP/VPP/CP/DP). Either way the
+            model weights' DP replicas share the writing (fully parallel save).
 
     Returns:
         The final checkpoint folder (complete once finalized, for async saves).
@@ -188,10 +278,17 @@ def save_checkpoint(
         tmp.mkdir()
     _barrier()
     sharded = _model_sharded([_unwrap(c) for c in model_chunks])
-    sharded["optimizer"] = optimizer.sharded_state_dict(sharded, metadata=OPTIMIZER_SHARDING)
+    sharding = _sharding(optimizer_format)
+    state.optimizer_format = optimizer_format
+    sharded["optimizer"] = optimizer.sharded_state_dict(sharded, metadata=sharding)
     sharded["scheduler"] = scheduler.state_dict()
     sharded["step"] = state.step
-    request = dist_checkpointing.save(sharded, str(tmp), async_sharded_save=async_queue is not None)
+    request = dist_checkpointing.save(
+        sharded,
+        str(tmp),
+        sharded_strategy=_save_strategy(),
+        async_sharded_save=async_queue is not None,
+    )
     (tmp / "rng").mkdir(exist_ok=True)
     rng_file = tmp / "rng" / f"rank{_rank()}.pt"
     torch.save(get_rng_states(), rng_file)
@@ -300,13 +397,16 @@ def _torch_adam_compat(optimizer) -> None:
             original = opt._set_main_param_and_optimizer_states
 
             def set_states(model_param, tensors, _opt=opt, _original=original):
-                if "step" in tensors:
-                    return _original(model_param, tensors)
+                # `step` comes from the param groups (both formats); a per-parameter
+                # `step` in `tensors` is the fresh optimizer's own 0 (dp_reshardable
+                # keeps it as a local non-persistent object) and must not be copied in
+                tensors = {k: v for k, v in tensors.items() if k != "step"}
                 group_index, group_order = _opt.model_param_group_index_map[model_param]
                 main = _opt.optimizer.param_groups[group_index]["params"][group_order]
                 step = _opt.optimizer.state[main].pop("step", None)
                 try:
-                    return _original(model_param, tensors)
+                    with torch.no_grad():  # dp_reshardable's load is not under no_grad
+                        return _original(model_param, tensors)
                 finally:
                     if step is not None:
                         _opt.optimizer.state[main]["step"] = step
@@ -343,15 +443,16 @@ def load_checkpoint(
 
     path = Path(path)
     state = read_train_state(path)
+    fmt = check_resume_layout(path, state, current_layout)
     chunks = [_unwrap(c) for c in model_chunks]
     sharded = _model_sharded(chunks)
     _torch_adam_compat(optimizer)
     sharded["optimizer"] = optimizer.sharded_state_dict(
-        sharded, is_loading=True, metadata=OPTIMIZER_SHARDING
+        sharded, is_loading=True, metadata=_sharding(fmt)
     )
     sharded["scheduler"] = scheduler.state_dict()
     sharded["step"] = 0
-    loaded = dist_checkpointing.load(sharded, str(path))
+    loaded = dist_checkpointing.load(sharded, str(path), sharded_strategy=_load_strategy(path))
     if len(chunks) == 1:
         chunks[0].load_state_dict(loaded["model"])
     else:

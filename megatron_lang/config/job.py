@@ -141,6 +141,12 @@ class CheckpointConfig:
     """Signals that trigger save-and-exit (SLURM preemption sends SIGTERM / --signal=USR1)."""
     keep_last: int | None = None
     """Delete older checkpoints, keeping this many (None: keep all)."""
+    optimizer_format: str = "dp_reshardable"
+    """Distributed-optimizer state format: ``dp_reshardable`` (each rank writes its own
+    shard, no gather; resumes at another DP size, not another TP/PP/VPP/CP) or
+    ``fully_reshardable`` (gathered per parameter in host memory: ~12 bytes/param per
+    model-parallel shard; resumes at any layout). Use the latter for the save before a
+    layout change."""
 
 
 @dataclass

@@ -159,6 +159,11 @@ def check_startup(
     except StageError as e:
         raise StartupError(str(e)) from None
     _check_objective(cfg)
+    fmt = cfg.checkpoint.optimizer_format
+    if fmt not in ("dp_reshardable", "fully_reshardable"):
+        raise StartupError(
+            f"checkpoint.optimizer_format={fmt!r}: dp_reshardable or fully_reshardable"
+        )
     keep = cfg.checkpoint.keep_last
     if keep is not None and keep < 1:
         raise StartupError(f"checkpoint.keep_last={keep}: keep at least 1 (null keeps all)")

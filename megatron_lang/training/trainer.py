@@ -423,6 +423,7 @@ class Trainer:
             self._write_metadata,
             keep_last=c.keep_last,
             async_queue=self._async_saves,
+            optimizer_format=c.optimizer_format,
         )
 
     def _write_metadata(self, path: Path) -> None:

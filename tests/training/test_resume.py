@@ -201,6 +201,7 @@ def test_tp2_checkpoint_resumes_at_tp1_and_pp2(tiny_blend, start_checkpoint, tmp
         **{
             "parallel.tensor_parallel": 2,
             "checkpoint.dir": tmp_path / "tp2",
+            "checkpoint.optimizer_format": "fully_reshardable",  # for a layout change
             "checkpoint.save_interval": 4,
         },
     )
@@ -277,3 +278,30 @@ def test_a_2_rank_job_killed_inside_a_save_keeps_latest_and_resumes_bitwise(
     assert (ckpt / "latest").read_text().strip() == "iter_0000006"
     assert not list(ckpt.glob("*.tmp"))
     assert _steps(metrics) == _steps(ref)  # steps 3-4 redone after the kill: same losses
+
+
+def test_dp_reshardable_checkpoint_refuses_a_model_parallel_change_and_names_the_fix(tmp_path):
+    from megatron_lang.checkpointing.checkpoint import (
+        CheckpointLayoutError,
+        TrainState,
+        check_resume_layout,
+    )
+
+    saved = {
+        "tensor_parallel": 2,
+        "pipeline_parallel": 1,
+        "virtual_pipeline_parallel": None,
+        "context_parallel": 1,
+        "sequence_parallel": False,
+        "world_size": 4,
+    }
+    state = TrainState(step=40, layout=saved, optimizer_format="dp_reshardable")
+    # another DP size: fine (this format reshards over DP)
+    assert check_resume_layout(tmp_path, state, {**saved, "world_size": 2}) == "dp_reshardable"
+    with pytest.raises(CheckpointLayoutError, match="tensor_parallel 2 -> 1") as e:
+        check_resume_layout(tmp_path, state, {**saved, "tensor_parallel": 1})
+    assert "checkpoint.optimizer_format=fully_reshardable train.steps=41" in str(e.value)
+    state.optimizer_format = "fully_reshardable"
+    assert check_resume_layout(tmp_path, state, {**saved, "pipeline_parallel": 2}) == (
+        "fully_reshardable"
+    )

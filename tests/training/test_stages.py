@@ -154,6 +154,7 @@ def test_embeddings_only_then_full_at_tp2_and_exact_resume_in_either_stage(
             "train.steps": 6,
             "stages": EMB_THEN_FULL,
             "checkpoint.dir": ckpt,
+            "checkpoint.optimizer_format": "fully_reshardable",  # optimizer state per parameter
             "checkpoint.save_interval": 2,
         },
     )
@@ -209,6 +210,7 @@ def test_embeddings_only_stage_with_tied_embeddings_at_pp2(tiny_blend, tmp_path)
                 "train.steps": 4,
                 "stages": EMB_THEN_FULL,
                 "checkpoint.dir": ckpt,
+                "checkpoint.optimizer_format": "fully_reshardable",  # state per parameter
             },
         )
 
