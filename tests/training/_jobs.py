@@ -61,28 +61,6 @@ def make_start_checkpoint(blend: dict[str, str], out: str, *overrides: str) -> N
     save_model_weights(out, chunks, meta)
 
 
-def train_with_nan_steps(overrides: list[str], nan_steps: list[int], micro_per_step: int):
-    """Train while the loss of the given steps is made NaN; return history or the halt error."""
-    import math
-
-    from megatron_lang.training import step as step_mod
-    from megatron_lang.training.trainer import TrainingHalted
-
-    original, calls = step_mod.loss_func, []
-
-    def poisoned(loss_mask, dataset_id, n_sources, output):
-        calls.append(1)
-        if (len(calls) - 1) // micro_per_step + 1 in nan_steps:
-            output = output * math.nan
-        return original(loss_mask, dataset_id, n_sources, output)
-
-    step_mod.loss_func = poisoned
-    try:
-        return train(overrides)
-    except TrainingHalted as e:
-        return str(e)
-
-
 def document_batches(overrides: list[str]) -> dict:
     """Build the training data with document attention; report on the first micro-batch."""
     from megatron_lang.platform import initialize_model_parallel
@@ -96,29 +74,30 @@ def document_batches(overrides: list[str]) -> dict:
     return {"batch": data.collate(samples), "eod": td.eod_id}
 
 
-class _NanGrad:
+def _nan_loss(output):
+    return output * float("nan")
+
+
+def _nan_grad(output):
     """Identity forward, NaN backward: a finite loss with non-finite gradients."""
+    import torch
 
-    @staticmethod
-    def apply(x):
-        import torch
+    class NanGrad(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, t):
+            return t.view_as(t)
 
-        class Fn(torch.autograd.Function):
-            @staticmethod
-            def forward(ctx, t):
-                return t.view_as(t)
+        @staticmethod
+        def backward(ctx, g):
+            return g * float("nan")
 
-            @staticmethod
-            def backward(ctx, g):
-                return g * float("nan")
-
-        return Fn.apply(x)
+    return NanGrad.apply(output)
 
 
-def train_with_nan_grads(overrides: list[str], nan_steps: list[int], micro_per_step: int):
-    """Train while the gradients of the given steps are NaN (the loss stays finite).
+def _train_poisoned(overrides: list[str], steps: list[int], micro_per_step: int, poison):
+    """Train with ``poison`` applied to the model output of the given steps.
 
-    Returns the history and the model weights after each step (or the halt error).
+    Returns the metrics history, or the message of the ``TrainingHalted`` error.
     """
     from megatron_lang.training import step as step_mod
     from megatron_lang.training.trainer import TrainingHalted
@@ -127,8 +106,8 @@ def train_with_nan_grads(overrides: list[str], nan_steps: list[int], micro_per_s
 
     def poisoned(loss_mask, dataset_id, n_sources, output, **kw):
         calls.append(1)
-        if (len(calls) - 1) // micro_per_step + 1 in nan_steps:
-            output = _NanGrad.apply(output)
+        if (len(calls) - 1) // micro_per_step + 1 in steps:
+            output = poison(output)
         return original(loss_mask, dataset_id, n_sources, output, **kw)
 
     step_mod.loss_func = poisoned
@@ -136,6 +115,16 @@ def train_with_nan_grads(overrides: list[str], nan_steps: list[int], micro_per_s
         return train(overrides)
     except TrainingHalted as e:
         return str(e)
+
+
+def train_with_nan_steps(overrides: list[str], nan_steps: list[int], micro_per_step: int):
+    """Train while the loss of the given steps is NaN; return history or the halt error."""
+    return _train_poisoned(overrides, nan_steps, micro_per_step, _nan_loss)
+
+
+def train_with_nan_grads(overrides: list[str], nan_steps: list[int], micro_per_step: int):
+    """Train while the gradients of the given steps are NaN (the loss stays finite)."""
+    return _train_poisoned(overrides, nan_steps, micro_per_step, _nan_grad)
 
 
 def resume_and_save(overrides: list[str]) -> int:
