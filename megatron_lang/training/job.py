@@ -89,30 +89,34 @@ def run(cfg: JobConfig) -> int:
 
 def execute(cfg: JobConfig) -> tuple[int, list[dict[str, float]]]:
     """Run the job; return the exit code and the per-step metrics history."""
-    from megatron_lang.platform import (
-        destroy_distributed,
-        init_distributed,
-        initialize_model_parallel,
-        set_seed,
-    )
-    from megatron_lang.training.trainer import Trainer
+    from megatron_lang.platform import destroy_distributed, init_distributed
 
     setup_logging(cfg.logging.level)
-    env = init_distributed()
+    init_distributed()
     try:
-        src = build.resolve_model(cfg)
-        build.check_startup(cfg, src.arch, env.world_size)
-        a = src.arch
-        initialize_model_parallel(
-            cfg.parallel,
-            a.num_layers,
-            a.num_attention_heads,
-            a.num_query_groups,
-            cfg.data.seq_length,
-        )
-        set_seed(cfg.train.seed)
-        log.info("job:\n%s", describe(cfg, env.world_size))
-        trainer = Trainer(cfg, src)
+        trainer = start_trainer(cfg)
         return trainer.train(), trainer.history
     finally:
         destroy_distributed()
+
+
+def start_trainer(cfg: JobConfig):
+    """Checks, model-parallel groups, seed and the :class:`Trainer` (built, resumed) of ``cfg``.
+
+    ``torch.distributed`` must be initialised; the caller runs ``train()`` (or saves).
+    """
+    import torch.distributed as dist
+
+    from megatron_lang.platform import initialize_model_parallel, set_seed
+    from megatron_lang.training.trainer import Trainer
+
+    world = dist.get_world_size()
+    src = build.resolve_model(cfg)
+    build.check_startup(cfg, src.arch, world)
+    a = src.arch
+    initialize_model_parallel(
+        cfg.parallel, a.num_layers, a.num_attention_heads, a.num_query_groups, cfg.data.seq_length
+    )
+    set_seed(cfg.train.seed)
+    log.info("job:\n%s", describe(cfg, world))
+    return Trainer(cfg, src)

@@ -275,7 +275,7 @@ class Trainer:
             self._metrics_file.flush()
 
     def train_step(self) -> dict[str, float]:
-        """One optimizer step over the next global batch (skipped on a non-finite loss)."""
+        """One optimizer step over the next global batch (skipped on a non-finite loss or gradient)."""
         d, t0 = self.cfg.data, time.perf_counter()
         batches, data_wait = self.prefetch.get(self.state.consumed_samples)
         for m in self.model:

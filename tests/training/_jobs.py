@@ -131,24 +131,12 @@ def resume_and_save(overrides: list[str]) -> int:
     """Start the job (resuming ``checkpoint.dir``'s latest) and save at once; return the step.
 
     The saved checkpoint holds exactly what the resume loaded (model, fp32 master
-    weights, Adam moments, scheduler), in the layout-independent format.
+    weights, Adam moments, scheduler), in the job's optimizer format.
     """
-    from megatron_lang.platform import initialize_model_parallel, set_seed
-    from megatron_lang.training import build
-    from megatron_lang.training.trainer import Trainer
+    from megatron_lang.training.job import start_trainer
     from tests._collective_check import install
 
     install()
-    cfg = load_job_config(None, overrides)
-    src = build.resolve_model(cfg)
-    import torch.distributed as dist
-
-    build.check_startup(cfg, src.arch, dist.get_world_size())
-    a = src.arch
-    initialize_model_parallel(
-        cfg.parallel, a.num_layers, a.num_attention_heads, a.num_query_groups, cfg.data.seq_length
-    )
-    set_seed(cfg.train.seed)
-    trainer = Trainer(cfg, src)
+    trainer = start_trainer(load_job_config(None, overrides))
     trainer.save()
     return trainer.state.step
