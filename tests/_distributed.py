@@ -19,6 +19,7 @@ import datetime
 import multiprocessing as mp
 import os
 import socket
+import sys
 import tempfile
 import traceback
 from pathlib import Path
@@ -78,6 +79,14 @@ def _worker(fn, rank: int, world_size: int, out_dir: str, args: tuple) -> None:
     except BaseException:
         (out / f"rank{rank}.err").write_text(traceback.format_exc())
         raise SystemExit(1) from None
+    # The result is written and the process group destroyed: end here, without the
+    # interpreter's teardown. There gloo's C++ threads are sometimes destroyed while
+    # joinable ("terminate called without an active exception", SIGABRT, seen in about
+    # 1 of 10 runs of tests/platform/test_collective_device.py on 2 loaded cores;
+    # pytorch/pytorch#190489) -- after everything the test checks has happened.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def run_distributed(fn, world_size: int, *args: Any, timeout: float = 300) -> list[Any]:
