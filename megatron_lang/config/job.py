@@ -40,6 +40,12 @@ class ModelConfig:
     """Vocabulary padding divisor (times TP) for models built from a preset."""
     transformer_engine: bool | None = None
     """Force the TransformerEngine layer spec on (True) or off (False); None = auto (CUDA + TE)."""
+    attention: str = "packed"
+    """How samples that are not plainly causal attend (hybrid MNTP, ``objective.bidirectional``,
+    ``data.document_attention``): ``packed`` -- per-document segments with ``cu_seqlens``
+    (TransformerEngine flash/fused THD kernels on GPUs, PyTorch SDPA per segment without
+    TE), no ``[S, S]`` mask; ``dense`` -- explicit ``[S, S]`` masks through megatron-core's
+    unfused local attention (the reference the tests hold ``packed`` to; slow, S² memory)."""
 
 
 @dataclass

@@ -65,6 +65,9 @@ class MaskingSpec:
     """Causal samples also get no attention across documents."""
     seed: int = 1234
     """Job seed."""
+    packed: bool = False
+    """Items carry ``segments [S]`` (see :mod:`megatron_lang.data.packing`) instead of a
+    dense ``attention_mask [1, S, S]``; the masking itself is the same."""
     random_ids: np.ndarray = field(init=False, repr=False)
     """Ids a random replacement draws from (all non-special ids)."""
 
@@ -214,7 +217,9 @@ def apply_objective(item: dict[str, Any], index: int, spec: MaskingSpec) -> dict
         A new item: for MNTP samples corrupted ``tokens``, the original ``labels``,
         a ``loss_mask`` at the shifted masked positions and a block-diagonal
         ``attention_mask``; for causal samples the item with a causal
-        (document-causal) ``attention_mask``; plus ``mntp`` (1 or 0).
+        (document-causal) ``attention_mask``; plus ``mntp`` (1 or 0). With
+        ``spec.packed`` the attention is given as ``segments`` (document index per
+        position where attention stops at documents) instead of the dense mask.
     """
     out = dict(item)
     tokens_S = np.asarray(item["tokens"], dtype=np.int64)
@@ -224,12 +229,41 @@ def apply_objective(item: dict[str, Any], index: int, spec: MaskingSpec) -> dict
         result = mask_tokens(tokens_S, spec, rng)
         out["tokens"] = torch.from_numpy(result.inputs)
         out["loss_mask"] = torch.from_numpy(mntp_loss_mask(result.masked))
-        out["attention_mask"] = attention_mask(doc_S, bidirectional=True, per_document=True)
-        out["mntp"] = torch.tensor(1, dtype=torch.int64)
+        bidirectional, per_document = True, True
     else:
-        out["attention_mask"] = attention_mask(doc_S, False, spec.document_causal)
-        out["mntp"] = torch.tensor(0, dtype=torch.int64)
+        bidirectional, per_document = False, spec.document_causal
+    out["mntp"] = torch.tensor(int(bidirectional), dtype=torch.int64)
+    if spec.packed:
+        out.pop("attention_mask", None)
+        out["segments"] = torch.from_numpy(segment_ids(doc_S, per_document))
+    else:
+        out["attention_mask"] = attention_mask(doc_S, bidirectional, per_document)
     return out
+
+
+def segment_ids(doc_ids_S: np.ndarray, per_document: bool) -> np.ndarray:
+    """Int32 ``[S]`` attention segments: the document index, or one segment for the sample."""
+    if per_document:
+        return np.asarray(doc_ids_S, dtype=np.int32)
+    return np.zeros(len(doc_ids_S), dtype=np.int32)
+
+
+class DocumentSegments:
+    """A GPT dataset whose items carry per-document ``segments`` (``data.document_attention``
+    with packed attention and no objective): causal attention within each document."""
+
+    def __init__(self, dataset: Any, eod_id: int) -> None:
+        self.dataset, self.eod_id = dataset, eod_id
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        out = dict(self.dataset[index])
+        out.pop("attention_mask", None)
+        doc_S = document_ids(np.asarray(out["tokens"], dtype=np.int64), self.eod_id)
+        out["segments"] = torch.from_numpy(segment_ids(doc_S, True))
+        return out
 
 
 class ObjectiveDataset:

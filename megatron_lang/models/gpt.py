@@ -1,8 +1,10 @@
 """Build megatron-core's GPTModel for a Llama-family architecture.
 
 The layer spec is TransformerEngine's when TE and a GPU are present (BF16/FP8
-kernels), megatron-core's local spec otherwise (CPU, tests). Jobs with explicit
-per-sample attention masks get the local core attention inside the TE spec.
+kernels), megatron-core's local spec otherwise (CPU, tests). Jobs whose samples are not
+plainly causal (hybrid MNTP, bidirectional, document attention) get packed-sequence
+attention (TE THD, or PyTorch SDPA without TE), or with ``model.attention=dense``
+megatron-core's local core attention with dense masks, the reference.
 """
 
 from __future__ import annotations
@@ -51,33 +53,54 @@ def gpu_fusions(use_te: bool) -> dict[str, bool]:
     }
 
 
-def core_attention_kind(use_te: bool, arbitrary_mask: bool) -> str:
-    """Which core attention a decoder layer gets: ``"te"`` or ``"local"``.
+def core_attention_kind(use_te: bool, arbitrary_mask: bool, packed: bool = False) -> str:
+    """Which core attention a decoder layer gets.
 
-    TransformerEngine's ``TEDotProductAttention`` (flash/fused kernels, context
-    parallelism) takes causal or padding masks, not the explicit ``[b, 1, s, s]``
-    boolean mask of the hybrid MNTP / bidirectional objectives and of
-    ``data.document_attention``. Those jobs get megatron-core's local
-    ``DotProductAttention`` (which applies any mask), also inside the TE layer spec,
-    so the TE linear layers and FP8 stay available.
+    - ``"te"``: TransformerEngine's ``TEDotProductAttention``, causal (no explicit masks);
+    - ``"te-packed"``: the same kernels over packed sequences (THD, ``cu_seqlens``):
+      per-document causal or bidirectional segments (hybrid MNTP, bidirectional,
+      ``data.document_attention``), see :mod:`megatron_lang.models.packed_attention`;
+    - ``"sdpa-packed"``: our ``PackedDotProductAttention`` (PyTorch SDPA per segment)
+      for the same packed batches without TransformerEngine;
+    - ``"local"``: megatron-core's ``DotProductAttention``: causal, or the dense
+      ``[b, 1, s, s]`` masks of ``model.attention=dense`` (the reference).
 
     Args:
         use_te: the TransformerEngine layer spec is used.
-        arbitrary_mask: the job passes an explicit per-sample attention mask.
+        arbitrary_mask: samples are not plainly causal (objectives, document attention).
+        packed: those samples come packed (segments) rather than with dense masks.
     """
-    return "te" if use_te and not arbitrary_mask else "local"
+    if not arbitrary_mask:
+        return "te" if use_te else "local"
+    if packed:
+        return "te-packed" if use_te else "sdpa-packed"
+    return "local"
 
 
-def describe_layer_spec(use_te: bool, arbitrary_mask: bool) -> str:
+def describe_layer_spec(use_te: bool, arbitrary_mask: bool, packed: bool = False) -> str:
     """One line naming the linear layers and core attention a job gets (dry runs, logs)."""
-    if not use_te:
-        return "local (megatron-core linears and norms, local DotProductAttention)"
-    if core_attention_kind(use_te, arbitrary_mask) == "te":
-        return "TransformerEngine (TE linears with fused norms, TEDotProductAttention)"
-    return (
-        "TransformerEngine linears with fused norms (FP8-capable) + megatron-core's local "
-        "DotProductAttention (explicit per-sample attention mask)"
+    kind = core_attention_kind(use_te, arbitrary_mask, packed)
+    linears = (
+        "TransformerEngine linears with fused norms (FP8-capable)"
+        if use_te
+        else "local megatron-core linears and norms"
     )
+    attention = {
+        "te": "TEDotProductAttention (flash/fused, causal)",
+        "te-packed": (
+            "TEDotProductAttention on packed sequences (THD, cu_seqlens; flash/fused: "
+            "padding_causal for causal samples, padding for MNTP/bidirectional ones)"
+        ),
+        "sdpa-packed": (
+            "PackedDotProductAttention (PyTorch SDPA per document segment, causal or "
+            "bidirectional; no [S, S] mask)"
+        ),
+        "local": (
+            "megatron-core's local DotProductAttention"
+            + (" with dense [S, S] masks (model.attention=dense)" if arbitrary_mask else "")
+        ),
+    }[kind]
+    return f"{linears} + {attention}"
 
 
 def with_core_attention(spec: Any, core_attention: Any) -> Any:
@@ -101,27 +124,40 @@ def with_core_attention(spec: Any, core_attention: Any) -> Any:
     )
 
 
-def layer_spec(config: Any, use_te: bool | None = None, arbitrary_mask: bool = False) -> Any:
+def layer_spec(
+    config: Any, use_te: bool | None = None, arbitrary_mask: bool = False, packed: bool = False
+) -> Any:
     """Decoder layer spec: TE on GPU when available, local otherwise.
 
-    With ``arbitrary_mask`` (hybrid MNTP, bidirectional, document attention) the TE
-    spec keeps its linear layers but gets megatron-core's local
-    ``DotProductAttention`` as core attention (see :func:`core_attention_kind`).
+    The core attention follows :func:`core_attention_kind`: with ``arbitrary_mask`` it is
+    the packed-sequence attention (``packed``) or megatron-core's local
+    ``DotProductAttention`` for dense masks; the layer's linears and norms stay TE's or
+    local.
     """
     from megatron.core.models.gpt import gpt_layer_specs
 
     if use_te is None:
         use_te = transformer_engine_available()
+    kind = core_attention_kind(use_te, arbitrary_mask, packed)
     if use_te:
         spec = gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec(
             qk_layernorm=False, fp8=bool(getattr(config, "fp8", None))
         )
-        if core_attention_kind(use_te, arbitrary_mask) == "local":
+        if kind == "te-packed":
+            from megatron_lang.models.packed_attention import te_packed_attention
+
+            spec = with_core_attention(spec, te_packed_attention())
+        elif kind == "local":
             from megatron.core.transformer.dot_product_attention import DotProductAttention
 
             spec = with_core_attention(spec, DotProductAttention)
         return spec
-    return gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm")
+    spec = gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm")
+    if kind == "sdpa-packed":
+        from megatron_lang.models.packed_attention import PackedDotProductAttention
+
+        spec = with_core_attention(spec, PackedDotProductAttention)
+    return spec
 
 
 def build_gpt_model(
@@ -134,6 +170,7 @@ def build_gpt_model(
     use_te: bool | None = None,
     padded_vocab: int | None = None,
     arbitrary_mask: bool = False,
+    packed: bool = False,
 ) -> Any:
     """GPTModel for ``arch`` on this rank's pipeline stage.
 
@@ -150,6 +187,8 @@ def build_gpt_model(
         arbitrary_mask: the model will get explicit per-sample attention masks
             (MNTP objectives, document attention): local core attention, also
             with the TE spec (see :func:`layer_spec`).
+        packed: those masks come as packed segments (``model.attention=packed``):
+            TE THD attention or our SDPA attention instead of the dense local one.
     """
     from megatron.core import parallel_state
     from megatron.core.models.gpt import GPTModel
@@ -170,7 +209,7 @@ def build_gpt_model(
             f"padded vocabulary size {padded_vocab} must be >= vocab_size {arch.vocab_size} "
             f"and divisible by TP={tp}"
         )
-    if arbitrary_mask and getattr(config, "masked_softmax_fusion", False):
+    if arbitrary_mask and not packed and getattr(config, "masked_softmax_fusion", False):
         # the fused causal softmax kernel ignores the mask it is given
         raise ValueError("explicit attention masks need masked_softmax_fusion=False")
     if arbitrary_mask and getattr(config, "window_size", None) is not None:
@@ -189,7 +228,7 @@ def build_gpt_model(
         kwargs["rope_scaling_factor"] = float(rope_scaling.get("factor", 8.0))
     return GPTModel(
         config=config,
-        transformer_layer_spec=layer_spec(config, use_te, arbitrary_mask),
+        transformer_layer_spec=layer_spec(config, use_te, arbitrary_mask, packed),
         vocab_size=padded_vocab,
         max_sequence_length=arch.max_position_embeddings,
         pre_process=pre_process,

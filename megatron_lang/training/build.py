@@ -95,6 +95,11 @@ def needs_arbitrary_mask(cfg: JobConfig) -> bool:
     return cfg.objective.enabled or cfg.data.document_attention
 
 
+def packed_attention(cfg: JobConfig) -> bool:
+    """Whether the job's non-causal samples come packed (segments) rather than with dense masks."""
+    return needs_arbitrary_mask(cfg) and cfg.model.attention == "packed"
+
+
 def check_startup(
     cfg: JobConfig,
     arch: LlamaArch,
@@ -167,12 +172,15 @@ def check_startup(
     keep = cfg.checkpoint.keep_last
     if keep is not None and keep < 1:
         raise StartupError(f"checkpoint.keep_last={keep}: keep at least 1 (null keeps all)")
+    if m.attention not in ("packed", "dense"):
+        raise StartupError(f"model.attention={m.attention!r}: 'packed' or 'dense'")
     if needs_arbitrary_mask(cfg) and p.context_parallel > 1:
         raise StartupError(
-            f"parallel.context_parallel={p.context_parallel} with an explicit attention mask "
-            "(objective.mntp_fraction/objective.bidirectional/data.document_attention): those "
-            "use megatron-core's local DotProductAttention, which has no context parallelism; "
-            "set parallel.context_parallel=1"
+            f"parallel.context_parallel={p.context_parallel} with per-document or MNTP "
+            "attention (objective.mntp_fraction/objective.bidirectional/data.document_"
+            "attention): packed batches are not split across context-parallel ranks here "
+            "(TE's THD partitioning is not wired up) and the dense reference has no context "
+            "parallelism; set parallel.context_parallel=1"
         )
     if needs_arbitrary_mask(cfg) and arch.sliding_window and d.seq_length > arch.sliding_window:
         raise StartupError(
@@ -180,7 +188,8 @@ def check_startup(
             f"({arch.sliding_window}, Mistral-7B v0.1) and the job uses an explicit attention "
             "mask (objective.mntp_fraction/objective.bidirectional/data.document_attention): "
             "megatron-core's softmax replaces an explicit mask with its own sliding-window causal "
-            "mask, so MNTP samples would silently become causal and document boundaries vanish; "
+            "mask, so MNTP samples would silently become causal and document boundaries vanish, "
+            "and the packed attention applies no window; "
             f"use data.seq_length <= {arch.sliding_window} (where the window changes nothing) or "
             "a model without a sliding window (Mistral-7B v0.3, Nemo)"
         )
@@ -228,7 +237,7 @@ def layer_spec_summary(cfg: JobConfig, te: bool) -> str:
     """The layer spec a job gets on a machine where TransformerEngine is (not) usable."""
     m = cfg.model
     use_te = te if m.transformer_engine is None else bool(m.transformer_engine)
-    return describe_layer_spec(use_te, needs_arbitrary_mask(cfg))
+    return describe_layer_spec(use_te, needs_arbitrary_mask(cfg), packed_attention(cfg))
 
 
 def _check_objective(cfg: JobConfig) -> None:
@@ -353,6 +362,7 @@ def build_model_chunks(cfg: JobConfig, src: ModelSource, config) -> list:
             use_te=cfg.model.transformer_engine,
             padded_vocab=src.padded_vocab,
             arbitrary_mask=needs_arbitrary_mask(cfg),
+            packed=packed_attention(cfg),
         )
         if cfg.lora.enabled:
             from megatron_lang.training.lora import apply_lora

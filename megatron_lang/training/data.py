@@ -67,6 +67,7 @@ def build_train_data(cfg: JobConfig, tokenizer_dir: str | None) -> TrainData:
     eod, vocab = tokenizer_ids(tokenizer_dir)
     check_token_ids(spec, vocab)
     doc = d.document_attention
+    packed = cfg.model.attention == "packed"
     built = build_blend_datasets(
         spec,
         seq_length=d.seq_length,
@@ -77,7 +78,8 @@ def build_train_data(cfg: JobConfig, tokenizer_dir: str | None) -> TrainData:
         path_to_cache=str(index_cache_dir(cfg)),
         reset_position_ids=doc,
         reset_attention_mask=doc,
-        create_attention_mask=doc and not cfg.objective.enabled,  # objectives build their own
+        # objectives build their own masks; packed runs carry segments, no [S, S] mask
+        create_attention_mask=doc and not cfg.objective.enabled and not packed,
         eod_mask_loss=d.eod_mask_loss,
     )
     train, valid = built.train, built.valid
@@ -88,6 +90,11 @@ def build_train_data(cfg: JobConfig, tokenizer_dir: str | None) -> TrainData:
         train = ObjectiveDataset(train, masking)
         if cfg.objective.bidirectional:  # validation is MNTP too; hybrid runs validate causally
             valid = {name: ObjectiveDataset(ds, masking) for name, ds in valid.items()}
+    elif doc and packed:
+        from megatron_lang.data.objectives import DocumentSegments
+
+        train = DocumentSegments(train, eod)
+        valid = {name: DocumentSegments(ds, eod) for name, ds in valid.items()}
     return TrainData(train, valid, [s.name for s in spec.sources], eod)
 
 
@@ -152,16 +159,23 @@ def masking_spec(cfg: JobConfig, tokenizer_dir: str | None, eod: int, vocab: int
         random_prob=o.random_token_prob,
         document_causal=cfg.data.document_attention,
         seed=cfg.train.seed,
+        packed=cfg.model.attention == "packed",
     )
 
 
-def collate(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Stack dataset items into a micro-batch (``attention_mask`` becomes ``[b, 1, s, s]``)."""
-    out: dict[str, torch.Tensor] = {}
+def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack dataset items into a micro-batch.
+
+    A dense ``attention_mask`` becomes ``[b, 1, s, s]``; per-sample ``segments`` become
+    THD packing metadata (``cu_seqlens`` ..., see :func:`megatron_lang.data.packing.pack_microbatch`).
+    """
+    from megatron_lang.data.packing import pack_microbatch
+
+    out: dict[str, Any] = {}
     for key in samples[0]:
         values = [torch.as_tensor(s[key]) for s in samples]
         out[key] = torch.stack(values)
-    return out
+    return pack_microbatch(out)
 
 
 def step_microbatches(
@@ -219,7 +233,10 @@ class Prefetcher:
             self.dp_size,
         )
         if self.pin_memory:
-            batches = [{k: v.pin_memory() for k, v in b.items()} for b in batches]
+            batches = [
+                {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in b.items()}
+                for b in batches
+            ]
         return batches
 
     def get(self, first_sample: int) -> tuple[list[dict[str, torch.Tensor]], float]:
@@ -249,8 +266,11 @@ class Prefetcher:
         self._next = None
 
 
-def to_device(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Move a micro-batch to the current GPU (no-op on CPU)."""
+def to_device(batch: dict[str, Any]) -> dict[str, Any]:
+    """Move a micro-batch's tensors to the current GPU (no-op on CPU)."""
     if not torch.cuda.is_available():
         return batch
-    return {k: v.cuda(non_blocking=True) for k, v in batch.items()}
+    return {
+        k: v.cuda(non_blocking=True) if isinstance(v, torch.Tensor) else v
+        for k, v in batch.items()
+    }

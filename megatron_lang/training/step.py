@@ -37,8 +37,8 @@ def loss_func(
     causal loss sum, causal tokens, MNTP loss sum, MNTP tokens, MNTP samples]``;
     ``mntp`` (``[b]``, 1 for MNTP samples) splits the loss by objective (None: all causal).
     """
-    losses = output.float()
-    mask = loss_mask.float().view_as(losses)
+    mask = loss_mask.float()
+    losses = output.float().view(mask.shape)  # packed batches: [1, b*s] -> [b, s]
     per_sample = (losses * mask).sum(dim=1)
     tokens_per_sample = mask.sum(dim=1)
     loss_sum = per_sample.sum()
@@ -66,16 +66,27 @@ def forward_step(n_sources: int, data_iterator, model):
     from megatron.core.utils import get_batch_on_this_cp_rank
 
     batch = next(data_iterator)
-    if parallel_state.get_context_parallel_world_size() > 1:
-        per_sample = {k: batch[k] for k in ("dataset_id", "mntp") if k in batch}
-        batch = {k: v for k, v in batch.items() if k not in per_sample}
-        batch = {**get_batch_on_this_cp_rank(batch), **per_sample}
-    output = model(
-        batch["tokens"],
-        batch["position_ids"],
-        batch.get("attention_mask"),
-        labels=batch["labels"],
-    )
+    if "cu_seqlens" in batch:  # packed: the micro-batch is one THD sequence of b*s tokens
+        from megatron_lang.models.packed_attention import packed_seq_params
+
+        output = model(
+            batch["tokens"].reshape(1, -1),
+            batch["position_ids"].reshape(1, -1),
+            None,
+            labels=batch["labels"].reshape(1, -1),
+            packed_seq_params=packed_seq_params(batch),
+        )
+    else:
+        if parallel_state.get_context_parallel_world_size() > 1:
+            per_sample = {k: batch[k] for k in ("dataset_id", "mntp") if k in batch}
+            batch = {k: v for k, v in batch.items() if k not in per_sample}
+            batch = {**get_batch_on_this_cp_rank(batch), **per_sample}
+        output = model(
+            batch["tokens"],
+            batch["position_ids"],
+            batch.get("attention_mask"),
+            labels=batch["labels"],
+        )
     extra = {"mntp": batch["mntp"]} if "mntp" in batch else {}
     return output, partial(
         loss_func, batch["loss_mask"], batch.get("dataset_id"), n_sources, **extra
@@ -84,7 +95,7 @@ def forward_step(n_sources: int, data_iterator, model):
 
 def run_schedule(
     model_chunks: list,
-    microbatches: list[dict[str, torch.Tensor]],
+    microbatches: list[dict],
     seq_length: int,
     n_sources: int,
     forward_only: bool = False,
@@ -106,13 +117,16 @@ def run_schedule(
 
     # one micro-batch on the device at a time (explicit [s, s] masks are large)
     iterators = [map(to_device, microbatches) for _ in model_chunks]
+    micro_batch = microbatches[0]["tokens"].shape[0]
+    if "cu_seqlens" in microbatches[0]:  # packed: [b*s, 1, h] activations between stages
+        seq_length, micro_batch = seq_length * micro_batch, 1
     outputs = get_forward_backward_func()(
         forward_step_func=partial(forward_step, n_sources),
         data_iterator=iterators if len(model_chunks) > 1 else iterators[0],
         model=model_chunks,
         num_microbatches=len(microbatches),
         seq_length=seq_length,
-        micro_batch_size=microbatches[0]["tokens"].shape[0],
+        micro_batch_size=micro_batch,
         forward_only=forward_only,
     )
     report = torch.zeros(report_size(n_sources), device=collective_device())

@@ -140,3 +140,40 @@ def resume_and_save(overrides: list[str]) -> int:
     trainer = start_trainer(load_job_config(None, overrides))
     trainer.save()
     return trainer.state.step
+
+
+def first_step_grads(overrides: list[str], attentions: tuple[str, ...]) -> dict:
+    """Loss report and gradients of the first global batch, once per ``model.attention``.
+
+    The same start weights and batches for each; no optimizer step. Returns
+    ``{attention: {"metrics": ..., "grads": {param name: main_grad}}}`` for this rank.
+    """
+    from megatron.core import parallel_state
+
+    from megatron_lang.training import step
+    from megatron_lang.training.job import start_trainer
+    from tests._collective_check import install
+
+    install()
+    out = {}
+    for attention in attentions:
+        cfg = load_job_config(None, overrides + [f"model.attention={attention}"])
+        trainer = start_trainer(cfg)
+        try:
+            batches, _ = trainer.prefetch.get(0)
+            for m in trainer.model:
+                m.zero_grad_buffer()
+            report = step.run_schedule(
+                trainer.model, batches, cfg.data.seq_length, len(trainer.data.source_names)
+            )
+            grads = {
+                f"{i}.{name}": p.main_grad.detach().clone()
+                for i, m in enumerate(trainer.model)
+                for name, p in m.module.named_parameters()
+            }
+            metrics = step.summarize(report, trainer.data.source_names, objective=True)
+            out[attention] = {"metrics": metrics, "grads": grads, "keys": sorted(batches[0])}
+        finally:
+            trainer.prefetch.close()
+            parallel_state.destroy_model_parallel()
+    return out

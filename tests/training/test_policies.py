@@ -34,8 +34,27 @@ def test_too_many_nan_steps_halt_the_run(tiny_blend):
     ), result
 
 
-def test_document_attention_masks_across_documents_and_resets_positions(tiny_blend):
+def test_document_attention_packs_documents_as_causal_segments(tiny_blend):
     args = _jobs.base_overrides(tiny_blend, **{"data.document_attention": True})
+    out = run_distributed(_jobs.document_batches, 1, args)[0]
+    b, eod = out["batch"], out["eod"]
+    assert "attention_mask" not in b and "segments" not in b  # no [S, S] mask is built
+    n, s = b["tokens"].shape
+    flat = b["tokens"].reshape(-1)
+    # a segment starts at every sample start and after every EOD inside a sample
+    want = sorted({i * s for i in range(n)} | {int(p) + 1 for p in (flat == eod).nonzero() if (int(p) + 1) % s})
+    assert b["cu_seqlens"].tolist() == want + [n * s]
+    assert len(want) > n, "some sample should contain a document boundary"
+    assert not b["segment_bidirectional"].any()  # document-causal
+    assert b["max_seqlen"] == int(b["cu_seqlens"].diff().max())
+    history = run_distributed(_jobs.train, 1, args + ["train.steps=3"])[0]
+    assert all(math.isfinite(h["loss"]) for h in history if "loss" in h)
+
+
+def test_dense_document_attention_masks_across_documents_and_resets_positions(tiny_blend):
+    args = _jobs.base_overrides(
+        tiny_blend, **{"data.document_attention": True, "model.attention": "dense"}
+    )
     out = run_distributed(_jobs.document_batches, 1, args)[0]
     b, eod = out["batch"], out["eod"]
     inner = [
