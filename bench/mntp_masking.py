@@ -3,8 +3,9 @@
     python bench/mntp_masking.py      # S = 2048, 200 samples
 
 Prints the mean time per sample of the span masking alone (``mask_tokens``) and of the
-whole ``apply_objective`` (masking + the ``[1, S, S]`` attention mask) for MNTP and for
-causal samples, on random token ids with an EOD about every 500 tokens.
+whole ``apply_objective`` for MNTP and for causal samples, with the dense ``[1, S, S]``
+attention mask (``model.attention=dense``) and packed (per-document segments, the
+default), on random token ids with an EOD about every 500 tokens.
 """
 
 from __future__ import annotations
@@ -45,22 +46,27 @@ def main(argv: list[str] | None = None) -> int:
         {"tokens": torch.from_numpy(t[:-1]), "labels": torch.from_numpy(t[1:])} for t in tokens
     ]
 
-    def spec(fraction: float) -> MaskingSpec:
+    def spec(fraction: float, packed: bool = False) -> MaskingSpec:
         return MaskingSpec(
             mask_id=1, vocab_size=args.vocab_size, special_ids=frozenset({eod}), eod_id=eod,
-            fraction=fraction,
+            fraction=fraction, packed=packed,
         )  # fmt: skip
 
     mntp, causal = spec(1.0), spec(0.0)
+    packed_mntp, packed_causal = spec(1.0, True), spec(0.0, True)
     masking = per_sample_ms(
         args.samples, lambda i: mask_tokens(tokens[i, :-1], mntp, sample_rng(0, i))
     )
     whole_mntp = per_sample_ms(args.samples, lambda i: apply_objective(items[i], i, mntp))
     whole_causal = per_sample_ms(args.samples, lambda i: apply_objective(items[i], i, causal))
+    pk_mntp = per_sample_ms(args.samples, lambda i: apply_objective(items[i], i, packed_mntp))
+    pk_causal = per_sample_ms(args.samples, lambda i: apply_objective(items[i], i, packed_causal))
     print(f"S={s}, mean of {args.samples} samples:")
     print(f"  span masking (mask_tokens):              {masking:.2f} ms")
     print(f"  apply_objective, MNTP sample:            {whole_mntp:.2f} ms")
     print(f"  apply_objective, causal sample:          {whole_causal:.2f} ms")
+    print(f"  packed (segments, no [1, S, S] mask), MNTP sample:   {pk_mntp:.2f} ms")
+    print(f"  packed (segments, no [1, S, S] mask), causal sample: {pk_causal:.2f} ms")
     return 0
 
 

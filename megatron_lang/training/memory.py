@@ -325,7 +325,7 @@ def _stage_estimate(
     te: bool,
     capacity_gb: float,
 ) -> MemoryEstimate:
-    from megatron_lang.training.build import needs_arbitrary_mask
+    from megatron_lang.training.build import needs_arbitrary_mask, packed_attention
     from megatron_lang.training.stages import _matches, resolve_stages
 
     m, p, d, o = cfg.model, cfg.parallel, cfg.data, cfg.optimizer
@@ -368,7 +368,12 @@ def _stage_estimate(
             f"assumed: FP8 copy + FP8 transpose of the layer linears, 2 B x {n_linear:.4g}"
         )
 
-    local_attention = not te or needs_arbitrary_mask(cfg)
+    from megatron_lang.models.gpt import core_attention_kind
+
+    # flash/fused kernels (TE, or PyTorch SDPA per packed segment) keep no [s, s] scores
+    local_attention = (
+        core_attention_kind(te, needs_arbitrary_mask(cfg), packed_attention(cfg)) == "local"
+    )
     grad_accum = d.global_batch_size // (d.micro_batch_size * dp)
     vpp = p.virtual_pipeline_parallel
     chunk_layers = arch.num_layers // (pp * (vpp or 1))
@@ -405,7 +410,7 @@ def _stage_estimate(
         grad_bytes = 4 + 4  # fp32 gradient of the probabilities, fp32 softmax-backward output
         per_element = grad_bytes + dtype_bytes + (probs if m.recompute == "selective" else 0)
         attention = b * heads * s * s * per_element
-        why = "explicit attention masks" if te else "local layer spec"
+        why = "model.attention=dense" if needs_arbitrary_mask(cfg) else "local layer spec"
         details["attention_gb"] = (
             f"local DotProductAttention ({why}): [b, a/t, s, s] = [{b}, {heads}, {s:g}, {s:g}] "
             f"x {per_element} B, one layer at a time"

@@ -55,8 +55,8 @@ CASES = [
             "lr: 1.5e-05",
             "seq_length: 4096",
             "global_batch_size: 512",
-            "layer spec on CUDA+TE: TransformerEngine (TE linears with fused norms, "
-            "TEDotProductAttention)",
+            "layer spec on CUDA+TE: TransformerEngine linears with fused norms (FP8-capable) + "
+            "TEDotProductAttention (flash/fused, causal)",
         ],
         26_214_400_000,
     ),
@@ -79,7 +79,8 @@ CASES = [
             "sequence_parallel: true",
             "recompute: selective",
             "layer spec on CUDA+TE: TransformerEngine linears with fused norms (FP8-capable) + "
-            "megatron-core's local DotProductAttention",
+            "TEDotProductAttention on packed sequences (THD, cu_seqlens; flash/fused: "
+            "padding_causal for causal samples, padding for MNTP/bidirectional ones)",
         ],
         255_852_544_000,
     ),
@@ -105,7 +106,8 @@ CASES = [
             "lora: rank 32, alpha 16, dropout 0.05, targets linear_qkv, linear_proj, linear_fc1, "
             "linear_fc2",
             "transformer_engine: false",
-            "layer spec on CUDA+TE: local",
+            "layer spec on CUDA+TE: local megatron-core linears and norms + megatron-core's "
+            "local DotProductAttention",
         ],
         288_358_400,
     ),

@@ -1,8 +1,9 @@
 """Which core attention a decoder layer gets, and the start-up rules around it (CPU, no TE).
 
-Jobs with explicit per-sample attention masks (hybrid MNTP, bidirectional, document
-attention) keep the TransformerEngine linears but get megatron-core's local
-DotProductAttention. TE itself is absent here, so the TE spec is stood in for by the
+Jobs whose samples are not plainly causal (hybrid MNTP, bidirectional, document
+attention) keep the TransformerEngine linears and get packed-sequence attention (TE's
+THD subclass, or our SDPA one without TE), or with ``model.attention=dense``
+megatron-core's local DotProductAttention. TE itself is absent here, so the TE spec is stood in for by the
 local spec with a marker core attention; the GPU path itself is not run in this project.
 """
 
@@ -30,11 +31,19 @@ def _te_shaped_spec(**_kwargs):
 
 
 @pytest.mark.parametrize(
-    "use_te,arbitrary_mask,kind",
-    [(True, False, "te"), (True, True, "local"), (False, False, "local"), (False, True, "local")],
+    "use_te,arbitrary_mask,packed,kind",
+    [
+        (True, False, False, "te"),
+        (True, False, True, "te"),  # plain causal jobs are never packed
+        (True, True, True, "te-packed"),
+        (True, True, False, "local"),
+        (False, False, False, "local"),
+        (False, True, True, "sdpa-packed"),
+        (False, True, False, "local"),
+    ],
 )
-def test_core_attention_kind(use_te, arbitrary_mask, kind):
-    assert gpt.core_attention_kind(use_te, arbitrary_mask) == kind
+def test_core_attention_kind(use_te, arbitrary_mask, packed, kind):
+    assert gpt.core_attention_kind(use_te, arbitrary_mask, packed) == kind
 
 
 def test_with_core_attention_changes_only_the_core_attention():
@@ -53,31 +62,50 @@ def test_with_core_attention_changes_only_the_core_attention():
     assert new.submodules.input_layernorm is spec.submodules.input_layernorm
 
 
-def test_te_spec_gets_local_attention_only_with_explicit_masks(monkeypatch):
-    from megatron.core.models.gpt import gpt_layer_specs
+def test_te_spec_gets_packed_or_dense_attention_only_with_explicit_masks(monkeypatch):
     from megatron.core.transformer.dot_product_attention import DotProductAttention
 
+    from megatron_lang.models import packed_attention
+
+    class PackedTEMarker:
+        """Stands in for the TE THD subclass (TE is not installed here)."""
+
     monkeypatch.setattr(
-        gpt_layer_specs, "get_gpt_layer_with_transformer_engine_spec", _te_shaped_spec
+        gpt_layer_specs(), "get_gpt_layer_with_transformer_engine_spec", _te_shaped_spec
     )
+    monkeypatch.setattr(packed_attention, "te_packed_attention", lambda: PackedTEMarker)
     config = to_transformer_config(get_preset("tiny-llama"))
     plain = gpt.layer_spec(config, use_te=True)
-    masked = gpt.layer_spec(config, use_te=True, arbitrary_mask=True)
-    assert plain.submodules.self_attention.submodules.core_attention is MarkerAttention
-    assert masked.submodules.self_attention.submodules.core_attention is DotProductAttention
+    packed = gpt.layer_spec(config, use_te=True, arbitrary_mask=True, packed=True)
+    dense = gpt.layer_spec(config, use_te=True, arbitrary_mask=True)
+    core = lambda spec: spec.submodules.self_attention.submodules.core_attention  # noqa: E731
+    assert core(plain) is MarkerAttention
+    assert core(packed) is PackedTEMarker
+    assert core(dense) is DotProductAttention
     # the rest of the (stand-in) TE spec is kept: its linears are what carry FP8
-    assert (
-        masked.submodules.self_attention.submodules.linear_qkv
-        is plain.submodules.self_attention.submodules.linear_qkv
-    )
+    for spec in (packed, dense):
+        assert (
+            spec.submodules.self_attention.submodules.linear_qkv
+            is plain.submodules.self_attention.submodules.linear_qkv
+        )
     local = gpt.layer_spec(config, use_te=False, arbitrary_mask=True)
-    assert local.submodules.self_attention.submodules.core_attention is DotProductAttention
+    assert core(local) is DotProductAttention
+    sdpa = gpt.layer_spec(config, use_te=False, arbitrary_mask=True, packed=True)
+    assert core(sdpa) is packed_attention.PackedDotProductAttention
+
+
+def gpt_layer_specs():
+    from megatron.core.models.gpt import gpt_layer_specs
+
+    return gpt_layer_specs
 
 
 def test_describe_layer_spec():
     assert "TEDotProductAttention" in gpt.describe_layer_spec(True, False)
-    assert "local DotProductAttention" in gpt.describe_layer_spec(True, True)
-    assert "FP8" in gpt.describe_layer_spec(True, True)
+    assert "local DotProductAttention with dense" in gpt.describe_layer_spec(True, True)
+    assert "THD" in gpt.describe_layer_spec(True, True, packed=True)
+    assert "FP8" in gpt.describe_layer_spec(True, True, packed=True)
+    assert "SDPA" in gpt.describe_layer_spec(False, True, packed=True)
     assert gpt.describe_layer_spec(False, True).startswith("local")
 
 
@@ -103,7 +131,8 @@ def test_masks_with_te_are_accepted_and_context_parallel_is_not(monkeypatch):
     monkeypatch.setattr(build, "transformer_engine_available", lambda: True)
     monkeypatch.setattr(build.torch.cuda, "is_available", lambda: True)
     for mask in ("objective.mntp_fraction=0.1", "data.document_attention=true"):
-        _startup(mask)  # TE linears + local core attention
+        _startup(mask)  # TE linears + packed THD core attention
+        _startup(mask, "model.attention=dense")  # TE linears + local core attention
         _startup(mask, "model.fp8=hybrid")  # FP8 stays available
         with pytest.raises(build.StartupError, match="no context parallelism"):
             _startup(mask, "parallel.context_parallel=2", world=2)

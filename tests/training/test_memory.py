@@ -150,10 +150,14 @@ def test_logits_attention_transients_fp8_and_workspace():
     assert _bytes(e.logits_gb) == pytest.approx(32 * 2 * V / 2 * 4)  # s b V/t fp32
     assert e.attention_gb == 0 and e.fp8_weights_gb == 0  # flash attention, no FP8
     assert e.workspace_gb == WORKSPACE_GB
-    # explicit masks: megatron-core's local attention, [b, a/t, s, s] = [2, 2, 32, 32]
-    masked = _est(*tp2, "objective.mntp_fraction=0.1", world=2, te=True)
+    # hybrid MNTP / document attention, packed (the default): TE THD flash, no scores
+    packed = _est(*tp2, "objective.mntp_fraction=0.1", world=2, te=True)
+    assert packed.attention_gb == 0 and packed.activations_gb == e.activations_gb
+    # dense masks (the reference): megatron-core's local attention, [b, a/t, s, s] = [2, 2, 32, 32]
+    dense = "model.attention=dense"
+    masked = _est(*tp2, "objective.mntp_fraction=0.1", dense, world=2, te=True)
     assert _bytes(masked.attention_gb) == pytest.approx(2 * 2 * 32 * 32 * 16)
-    doc = _est("parallel.tensor_parallel=2", "data.document_attention=true", world=2, te=True)
+    doc = _est("parallel.tensor_parallel=2", "data.document_attention=true", dense, world=2, te=True)
     assert _bytes(doc.attention_gb) == pytest.approx(2 * 2 * 32 * 32 * 10)
     fp8 = _est(*tp2, "model.fp8=hybrid", world=2, te=True)
     linears = 4 * (LAYER_TP2 - 128)
