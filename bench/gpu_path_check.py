@@ -10,6 +10,8 @@ through torchrun and NCCL. It prints the losses and checks:
 * bf16 starts where the pretrained model is (not at a random model's ln 512 = 6.24)
   and stays within 0.1 nats of fp32 (the master-weights bug gave +2 nats at step 2);
 * the overlap run's losses equal the plain bf16 run's, and its checkpoint saves;
+* with ``data.document_attention`` the packed attention (``model.attention=packed``:
+  PyTorch SDPA per document without TE) follows the dense-mask reference in fp32;
 * every job exits 0 (an all-reduce of a host tensor fails at start-up under NCCL).
 
 Exit status 0 when every check passes, 1 otherwise. Without CUDA it runs the same
@@ -35,6 +37,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 TOLERANCE = 0.1
+PACKED_TOLERANCE = 2e-3
+"""fp32 losses, packed vs dense attention (TF32 matmuls on GPUs may be on)."""
 
 
 def build_data(root: Path) -> dict[str, str]:
@@ -154,6 +158,26 @@ def main(argv: list[str] | None = None) -> int:
             if code:
                 print(tail)
                 ok = False
+        # packed-sequence attention (PyTorch SDPA per document on CUDA without TE) against
+        # the dense-mask reference, document-causal, fp32
+        for name in ("packed", "dense"):
+            extra = {"model.dtype": "fp32", "data.document_attention": True}
+            extra["model.attention"] = name
+            code, losses, tail = run_job(ranks, {**cont, **extra}, root / f"doc-{name}.jsonl")
+            runs[f"doc-{name}"] = losses
+            print(f"{'doc ' + name:>13}: exit {code}, losses {[round(x, 4) for x in losses]}")
+            if code:
+                print(tail)
+                ok = False
+        packed, dense = runs["doc-packed"], runs["doc-dense"]
+        if packed and dense:
+            worst = max(abs(x - y) for x, y in zip(packed, dense))
+            good = worst <= PACKED_TOLERANCE and len(packed) == 6
+            print(
+                f"packed vs dense attention: max |diff| {worst:.2e} "
+                f"(tolerance {PACKED_TOLERANCE}): {'ok' if good else 'FAIL'}"
+            )
+            ok &= good
         fp32, bf16, ov = runs["fp32"], runs["bf16"], runs["bf16+overlap"]
         if fp32 and bf16:
             worst = max(abs(x - y) for x, y in zip(fp32, bf16))

@@ -72,6 +72,14 @@ def test_small_demo_adapts_smollm2_to_danish(tmp_path):
 
     t = summary["training"]
     assert t["steps"] == 8 and t["steps_per_stage"] == [4, 4]
+    # the next step's batches are built while a step runs: after the first step (built
+    # while the model waited) a step waits for its data a negligible time
+    rows = [json.loads(x) for x in (work / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if "data_wait_s" in r]
+    assert [r["step"] for r in train] == list(range(1, 9))
+    later = [r["data_wait_s"] for r in train[1:]]
+    step_s = sorted(r["step_time_s"] for r in train)[len(train) // 2]
+    assert max(later) < 0.02 * step_s, (later, step_s)
     gens = summary["generations"]
     assert len(gens) == 2 and all(g["new_tokens"] > 0 and g["continuation"].strip() for g in gens)
     # one output folder: TensorBoard events, plots, the export, the report
