@@ -4,7 +4,7 @@ A new vocabulary keeps the rows of tokens it shares with the old one (same token
 string, see :class:`megatron_lang.conversion.vocab.VocabRemap`); the functions
 here make the rows of the tokens it adds.  Each one is an
 :data:`~megatron_lang.conversion.vocab.EmbeddingInit`: it gets a
-:class:`~megatron_lang.conversion.vocab.NewTokenContext` for one matrix (the
+:class:`NewTokenContext` for one matrix (the
 input embedding or the LM head, called once for each, so an untied model gets
 both computed from their own old rows) and returns ``[n_new, hidden]`` rows.
 
@@ -42,15 +42,34 @@ from __future__ import annotations
 import json
 import re
 import zlib
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
 import torch
 
-from megatron_lang.conversion.vocab import NewTokenContext
 from megatron_lang.platform.logging import get_logger
 
 log = get_logger(__name__)
+
+
+@dataclass
+class NewTokenContext:
+    """What an embedding-init function gets to fill the rows of new tokens."""
+
+    old_weight: torch.Tensor
+    """Old rows ``[V_old, hidden]`` (embedding or LM head)."""
+    tensor_name: str
+    """HF name of the tensor being remapped (``model.embed_tokens.weight``, ``lm_head.weight``)."""
+    new_tokens: list[str]
+    """Token strings (new vocabulary) that the old vocabulary lacks."""
+    new_ids: list[int]
+    """Their ids in the new vocabulary."""
+    old_tokenizer: Any
+    """HF tokenizer of the old vocabulary."""
+    new_tokenizer: Any
+    """HF tokenizer of the new vocabulary."""
+
 
 SPACE_MARKER = "▁"
 """SentencePiece's space marker (U+2581)."""

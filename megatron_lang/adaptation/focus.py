@@ -48,12 +48,12 @@ import numpy as np
 import torch
 
 from megatron_lang.adaptation.embedding_init import (
+    NewTokenContext,
     mean_init,
     old_rows_copy,
     overlap_ids,
     random_init,
 )
-from megatron_lang.conversion.vocab import NewTokenContext
 from megatron_lang.platform.logging import get_logger
 
 log = get_logger(__name__)

@@ -40,7 +40,7 @@ from megatron_lang.checkpointing.metadata import (
     save_metadata,
     tokenizer_path,
 )
-from megatron_lang.conversion.convert import atomic_output_dir, megatron_shape
+from megatron_lang.conversion.convert import megatron_shape
 from megatron_lang.conversion.families import FAMILIES
 from megatron_lang.conversion.mapping import ConversionError, expand
 from megatron_lang.conversion.megatron_io import (
@@ -51,6 +51,7 @@ from megatron_lang.conversion.megatron_io import (
 )
 from megatron_lang.conversion.vocab import DEFAULT_OUTPUT_SHRINK, EmbeddingInit, VocabRemap
 from megatron_lang.models.arch import padded_vocab_size
+from megatron_lang.platform.files import atomic_output_dir
 from megatron_lang.platform.logging import get_logger
 
 log = get_logger(__name__)

@@ -16,12 +16,9 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
+from megatron_lang.platform import files
 from megatron_lang.platform.logging import get_logger
 
 logger = get_logger(__name__)
@@ -35,34 +32,13 @@ class TokenizerError(ValueError):
     """Bad tokenizer input or options; the message names the file or option."""
 
 
-@contextmanager
-def atomic_output_dir(output_dir: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """A temporary folder next to ``output_dir``, renamed to it when the block succeeds.
+def atomic_output_dir(output_dir: str | Path, overwrite: bool = False):
+    """:func:`megatron_lang.platform.files.atomic_output_dir` for tokenizer folders.
 
-    Args:
-        output_dir: the final folder.
-        overwrite: replace an existing non-empty ``output_dir`` (only once the new one
-            is complete); otherwise such a folder is an error.
-
-    Raises:
-        TokenizerError: ``output_dir`` exists, is not empty and ``overwrite`` is false.
+    An existing empty folder may be the output; an existing non-empty one is a
+    :class:`TokenizerError` unless ``overwrite``.
     """
-    out = Path(output_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise TokenizerError(f"{out}: output exists and is not empty (use --overwrite)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
-        yield tmp
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+    return files.atomic_output_dir(output_dir, overwrite, allow_empty=True, error=TokenizerError)
 
 
 def load_sp_proto(path: str | Path):

@@ -7,12 +7,9 @@ temporary directory is removed, so no partial output is left that looks valid.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
-import shutil
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +30,7 @@ from megatron_lang.conversion.megatron_io import load_tensors, save_checkpoint_s
 from megatron_lang.conversion.vocab import DEFAULT_OUTPUT_SHRINK, EmbeddingInit, VocabRemap
 from megatron_lang.models.arch import padded_vocab_size
 from megatron_lang.platform import get_logger
+from megatron_lang.platform.files import atomic_output_dir
 
 log = get_logger(__name__)
 
@@ -49,31 +47,6 @@ class ConversionReport:
     bytes_written: int
     seconds: float
     padded_vocab_size: int | None = None
-
-
-@contextlib.contextmanager
-def atomic_output_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling of ``out_dir``; rename it to ``out_dir`` on success.
-
-    Raises:
-        FileExistsError: ``out_dir`` exists and ``overwrite`` is False.
-    """
-    out = Path(out_dir)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"output {out} already exists (remove it or pass overwrite)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.incomplete-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
 
 
 def _check_keys(src: HFSource, conversions: list[Conversion], tied: bool) -> None:

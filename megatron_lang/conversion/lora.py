@@ -31,6 +31,7 @@ from megatron_lang.conversion.mapping import ConversionError, dims, expand
 from megatron_lang.conversion.megatron_io import load_tensors
 from megatron_lang.models.arch import LlamaArch
 from megatron_lang.platform import get_logger
+from megatron_lang.platform.files import atomic_output_dir
 
 log = get_logger(__name__)
 
@@ -155,8 +156,6 @@ def export_peft(
         ConversionError: the checkpoint has no adapters, or an unsupported family.
     """
     from safetensors.torch import save_file
-
-    from megatron_lang.conversion.convert import atomic_output_dir
 
     t0 = time.perf_counter()
     meta = load_metadata(ckpt_dir)

@@ -11,29 +11,11 @@ can be registered with :func:`register_init`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-
-@dataclass
-class NewTokenContext:
-    """What an embedding-init function gets to fill the rows of new tokens."""
-
-    old_weight: torch.Tensor
-    """Old rows ``[V_old, hidden]`` (embedding or LM head)."""
-    tensor_name: str
-    """HF name of the tensor being remapped (``model.embed_tokens.weight``, ``lm_head.weight``)."""
-    new_tokens: list[str]
-    """Token strings (new vocabulary) that the old vocabulary lacks."""
-    new_ids: list[int]
-    """Their ids in the new vocabulary."""
-    old_tokenizer: Any
-    """HF tokenizer of the old vocabulary."""
-    new_tokenizer: Any
-    """HF tokenizer of the new vocabulary."""
-
+from megatron_lang.adaptation.embedding_init import NewTokenContext, mean_init, random_init
 
 DEFAULT_OUTPUT_SHRINK = 0.75
 """Default pull of new *output* rows toward the mean row (see :func:`shrink_toward_mean`)."""
@@ -58,29 +40,6 @@ def shrink_toward_mean(rows_NH: torch.Tensor, old_VH: torch.Tensor, factor: floa
 
 EmbeddingInit = Callable[[NewTokenContext], torch.Tensor]
 """Returns ``[len(new_tokens), hidden]`` rows for the new tokens."""
-
-
-def mean_init(ctx: NewTokenContext) -> torch.Tensor:
-    """Mean of the old rows of the token's pieces under the old tokenizer.
-
-    See :func:`megatron_lang.adaptation.embedding_init.mean_init`: the token's
-    bytes (byte-level ``Ġ`` and SentencePiece ``▁`` markers decoded, partial
-    UTF-8 kept) are tokenised by the old tokenizer as inside a document; a token
-    without old pieces gets the mean of all old rows.
-    """
-    from megatron_lang.adaptation.embedding_init import mean_init as impl
-
-    return impl(ctx)
-
-
-def random_init(ctx: NewTokenContext, seed: int = 0) -> torch.Tensor:
-    """Normal rows with the old matrix's per-dimension mean and std (seeded per matrix).
-
-    See :func:`megatron_lang.adaptation.embedding_init.random_init`.
-    """
-    from megatron_lang.adaptation.embedding_init import random_init as impl
-
-    return impl(ctx, seed)
 
 
 _INITS: dict[str, EmbeddingInit] = {"mean": mean_init, "random": random_init}

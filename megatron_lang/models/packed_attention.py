@@ -183,7 +183,9 @@ class PackedDotProductAttention(MegatronModule):
             raise ValueError("PackedDotProductAttention takes no attention bias")
         if packed_seq_params is not None:
             if not isinstance(packed_seq_params, SegmentedPackedSeqParams):
-                raise TypeError("packed sequences need SegmentedPackedSeqParams (per-segment kinds)")
+                raise TypeError(
+                    "packed sequences need SegmentedPackedSeqParams (per-segment kinds)"
+                )
             cu = packed_seq_params.cu_seqlens_host
             outs = []
             for i, bidirectional in enumerate(packed_seq_params.bidirectional):
@@ -225,7 +227,7 @@ def attend_by_kind(query, key, value, params: SegmentedPackedSeqParams, kernel) 
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def te_packed_attention() -> type:
     """``TEDotProductAttention`` taking :class:`SegmentedPackedSeqParams` (needs TE).
 

@@ -271,6 +271,5 @@ def to_device(batch: dict[str, Any]) -> dict[str, Any]:
     if not torch.cuda.is_available():
         return batch
     return {
-        k: v.cuda(non_blocking=True) if isinstance(v, torch.Tensor) else v
-        for k, v in batch.items()
+        k: v.cuda(non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
     }

@@ -118,7 +118,7 @@ def test_bad_input(danish_corpus, tmp_path):
     for config, message in cases:
         with pytest.raises(TokenizerError, match=message):
             train_tokenizer(config)
-        assert not out.exists() and not list(tmp_path.glob(".out.tmp-*"))
+        assert not out.exists() and not list(tmp_path.glob(".out.incomplete-*"))
     # SentencePiece itself refuses a vocabulary that cannot hold all characters
     with pytest.raises(TokenizerError, match="vocab-size"):
         train_tokenizer(
@@ -127,6 +127,6 @@ def test_bad_input(danish_corpus, tmp_path):
     assert not out.exists()
     out.mkdir()
     (out / "keep.txt").write_text("x")
-    with pytest.raises(TokenizerError, match="output exists"):
+    with pytest.raises(TokenizerError, match="already exists and is not empty"):
         train_tokenizer(TrainConfig([str(danish_corpus.train)], str(out), "bpe", 1000, max_docs=20))
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
