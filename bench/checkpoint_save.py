@@ -185,9 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layers", type=int, default=1, help="7B-shaped layers (Llama-2-7B has 32)")
     p.add_argument("--vocab", type=int, default=8192, help="vocabulary (Llama-2: 32000)")
     p.add_argument("--seq", type=int, default=64, help="tokens of the one training step")
-    p.add_argument(
-        "--formats", default="dp_reshardable,fully_reshardable", help="comma-separated"
-    )
+    p.add_argument("--formats", default="dp_reshardable,fully_reshardable", help="comma-separated")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--format", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)

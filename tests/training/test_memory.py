@@ -157,7 +157,9 @@ def test_logits_attention_transients_fp8_and_workspace():
     dense = "model.attention=dense"
     masked = _est(*tp2, "objective.mntp_fraction=0.1", dense, world=2, te=True)
     assert _bytes(masked.attention_gb) == pytest.approx(2 * 2 * 32 * 32 * 16)
-    doc = _est("parallel.tensor_parallel=2", "data.document_attention=true", dense, world=2, te=True)
+    doc = _est(
+        "parallel.tensor_parallel=2", "data.document_attention=true", dense, world=2, te=True
+    )
     assert _bytes(doc.attention_gb) == pytest.approx(2 * 2 * 32 * 32 * 10)
     fp8 = _est(*tp2, "model.fp8=hybrid", world=2, te=True)
     linears = 4 * (LAYER_TP2 - 128)

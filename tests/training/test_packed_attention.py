@@ -34,7 +34,10 @@ LAYOUTS = {
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 @pytest.mark.parametrize("objective", list(OBJECTIVES))
 def test_packed_attention_matches_the_dense_mask_reference(
-    mask_blend, mask_start, objective, layout  # noqa: F811
+    mask_blend,
+    mask_start,
+    objective,
+    layout,  # noqa: F811
 ):
     overrides = _jobs.base_overrides(
         mask_blend,

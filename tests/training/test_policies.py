@@ -42,7 +42,10 @@ def test_document_attention_packs_documents_as_causal_segments(tiny_blend):
     n, s = b["tokens"].shape
     flat = b["tokens"].reshape(-1)
     # a segment starts at every sample start and after every EOD inside a sample
-    want = sorted({i * s for i in range(n)} | {int(p) + 1 for p in (flat == eod).nonzero() if (int(p) + 1) % s})
+    want = sorted(
+        {i * s for i in range(n)}
+        | {int(p) + 1 for p in (flat == eod).nonzero() if (int(p) + 1) % s}
+    )
     assert b["cu_seqlens"].tolist() == want + [n * s]
     assert len(want) > n, "some sample should contain a document boundary"
     assert not b["segment_bidirectional"].any()  # document-causal
