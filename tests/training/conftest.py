@@ -46,3 +46,33 @@ def smollm2_job(smollm2_fp32_dir, tmp_path_factory) -> dict[str, str]:
     except FileNotFoundError as e:
         pytest.fail(str(e))
     return {"checkpoint": str(root / "mcore"), "blend": data["blend"]}
+
+
+@pytest.fixture(scope="session")
+def mask_blend(tiny_blend, tmp_path_factory) -> dict[str, str]:
+    """The test blend with its tokenizer extended by a special ``<mask>`` (id 512)."""
+    import json
+    import shutil
+
+    from tokenizers import Tokenizer
+
+    out = tmp_path_factory.mktemp("mask-tok") / "tokenizer"
+    shutil.copytree(tiny_blend["tokenizer"], out)
+    tok = Tokenizer.from_file(str(out / "tokenizer.json"))
+    tok.add_special_tokens(["<mask>"])
+    tok.save(str(out / "tokenizer.json"))
+    config = json.loads((out / "tokenizer_config.json").read_text())
+    (out / "tokenizer_config.json").write_text(json.dumps({**config, "mask_token": "<mask>"}))
+    assert tok.token_to_id("<mask>") == 512
+    return {"blend": tiny_blend["blend"], "tokenizer": str(out)}
+
+
+@pytest.fixture(scope="session")
+def mask_start(mask_blend, tmp_path_factory) -> str:
+    """Random tiny-llama weights with room for the mask id (vocab 513, padded to 640)."""
+    from tests._distributed import run_distributed
+    from tests.training import _jobs
+
+    out = str(tmp_path_factory.mktemp("mask-start") / "ckpt")
+    run_distributed(_jobs.make_start_checkpoint, 1, mask_blend, out, "model.arch.vocab_size=513")
+    return out

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -24,30 +23,6 @@ pytestmark = pytest.mark.distributed
 
 STEPS = 12
 HYBRID = {"objective.mntp_fraction": 0.5, "train.steps": STEPS}
-
-
-@pytest.fixture(scope="module")
-def mask_blend(tiny_blend, tmp_path_factory) -> dict[str, str]:
-    """The test blend with its tokenizer extended by a special ``<mask>`` (id 512)."""
-    from tokenizers import Tokenizer
-
-    out = tmp_path_factory.mktemp("mask-tok") / "tokenizer"
-    shutil.copytree(tiny_blend["tokenizer"], out)
-    tok = Tokenizer.from_file(str(out / "tokenizer.json"))
-    tok.add_special_tokens(["<mask>"])
-    tok.save(str(out / "tokenizer.json"))
-    config = json.loads((out / "tokenizer_config.json").read_text())
-    (out / "tokenizer_config.json").write_text(json.dumps({**config, "mask_token": "<mask>"}))
-    assert tok.token_to_id("<mask>") == 512
-    return {"blend": tiny_blend["blend"], "tokenizer": str(out)}
-
-
-@pytest.fixture(scope="module")
-def mask_start(mask_blend, tmp_path_factory) -> str:
-    """Random tiny-llama weights with room for the mask id (vocab 513, padded to 640)."""
-    out = str(tmp_path_factory.mktemp("mask-start") / "ckpt")
-    run_distributed(_jobs.make_start_checkpoint, 1, mask_blend, out, "model.arch.vocab_size=513")
-    return out
 
 
 def _overrides(blend, start, **extra) -> list[str]:

@@ -16,7 +16,6 @@ import torch
 
 from tests._distributed import run_distributed
 from tests.training import _jobs
-from tests.training.test_objectives import mask_blend, mask_start  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.distributed
 
@@ -37,7 +36,7 @@ def test_packed_attention_matches_the_dense_mask_reference(
     mask_blend,
     mask_start,
     objective,
-    layout,  # noqa: F811
+    layout,
 ):
     overrides = _jobs.base_overrides(
         mask_blend,
