@@ -6,25 +6,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from megatron_lang.models.packed_attention import (
-    SegmentedPackedSeqParams,
-    attend_by_kind,
-)
+from megatron_lang.models.packed_attention import attend_by_kind, packed_seq_params
 
 pytestmark = pytest.mark.unit
 
 
 def _params(cu, bidirectional):
-    t = torch.tensor(cu, dtype=torch.int32)
-    longest = max(b - a for a, b in zip(cu, cu[1:]))
-    return SegmentedPackedSeqParams(
-        qkv_format="thd",
-        cu_seqlens_q=t,
-        cu_seqlens_kv=t,
-        max_seqlen_q=longest,
-        max_seqlen_kv=longest,
-        bidirectional=bidirectional,
-        cu_seqlens_host=cu,
+    """The packed params the training step builds from a packed micro-batch."""
+    return packed_seq_params(
+        {
+            "cu_seqlens": torch.tensor(cu, dtype=torch.int32),
+            "segment_bidirectional": torch.tensor(bidirectional),
+            "max_seqlen": max(b - a for a, b in zip(cu, cu[1:])),
+        }
     )
 
 
