@@ -25,16 +25,14 @@ from typing import Any
 
 import torch
 
-PACKED_KEYS = ("cu_seqlens", "segment_bidirectional", "max_seqlen")
-"""Keys :func:`pack_microbatch` adds to a micro-batch (``segments`` is removed)."""
-
 
 def pack_microbatch(batch: dict[str, Any]) -> dict[str, Any]:
     """The micro-batch with its ``segments [b, S]`` replaced by THD packing metadata.
 
     Adds ``cu_seqlens`` (int32 ``[n+1]``, offsets into the ``b*S`` flattened tokens),
     ``segment_bidirectional`` (bool ``[n]``, from the sample's ``mntp`` flag; causal when
-    the batch has none) and ``max_seqlen`` (a Python int, the longest segment). A batch
+    the batch has none), ``max_seqlen`` (a Python int, the longest segment) and
+    ``segments_host`` (both as Python lists, for host-side bookkeeping). A batch
     without ``segments`` is returned unchanged.
     """
     if "segments" not in batch:
@@ -55,4 +53,7 @@ def pack_microbatch(batch: dict[str, Any]) -> dict[str, Any]:
     out["cu_seqlens"] = cu
     out["segment_bidirectional"] = bidirectional
     out["max_seqlen"] = int((cu[1:] - cu[:-1]).max())
+    # host copies (Python lists stay on the host when the batch moves to the GPU), so the
+    # per-segment bookkeeping never waits for the device
+    out["segments_host"] = (cu.tolist(), bidirectional.tolist())
     return out

@@ -89,12 +89,15 @@ class SegmentedPackedSeqParams(PackedSeqParams):
 def packed_seq_params(batch: dict[str, Any]) -> SegmentedPackedSeqParams:
     """The packed params of a micro-batch from :func:`~megatron_lang.data.packing.pack_microbatch`.
 
-    ``cu_seqlens`` is used on the batch's device (the GPU once moved); the host lists are
-    taken from it once here.
+    ``cu_seqlens`` is used on the batch's device (the GPU once moved); the segment loops
+    use the batch's host copies (``segments_host``).
     """
     cu = batch["cu_seqlens"]
-    cu_host = [int(x) for x in cu.tolist()]
-    bidirectional = [bool(x) for x in batch["segment_bidirectional"].tolist()]
+    if "segments_host" in batch:  # no device sync
+        cu_host, bidirectional = batch["segments_host"]
+    else:
+        cu_host, bidirectional = cu.tolist(), batch["segment_bidirectional"].tolist()
+    cu_host, bidirectional = [int(x) for x in cu_host], [bool(x) for x in bidirectional]
     longest = int(batch["max_seqlen"])
     return SegmentedPackedSeqParams(
         qkv_format="thd",

@@ -22,6 +22,8 @@ def test_segments_become_cu_seqlens_and_kinds_per_sample():
     assert out["cu_seqlens"].dtype == torch.int32
     assert out["segment_bidirectional"].tolist() == [True, True, False]
     assert out["max_seqlen"] == 8
+    # host copies for the attention's segment loops (no device sync on GPUs)
+    assert out["segments_host"] == ([0, 3, 8, 16], [True, True, False])
 
 
 def test_equal_segment_ids_in_two_samples_stay_two_segments():
