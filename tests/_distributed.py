@@ -15,6 +15,7 @@ initialised" check) and leaves the process group as it is.
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import multiprocessing as mp
 import os
@@ -79,11 +80,15 @@ def _worker(fn, rank: int, world_size: int, out_dir: str, args: tuple) -> None:
     except BaseException:
         (out / f"rank{rank}.err").write_text(traceback.format_exc())
         raise SystemExit(1) from None
-    # The result is written and the process group destroyed: end here, without the
-    # interpreter's teardown. There gloo's C++ threads are sometimes destroyed while
-    # joinable ("terminate called without an active exception", SIGABRT, seen in about
-    # 1 of 10 runs of tests/platform/test_collective_device.py on 2 loaded cores;
-    # pytorch/pytorch#190489) -- after everything the test checks has happened.
+    # The result is written and the process group destroyed: run the exit handlers
+    # (multiprocessing's among them: they shut down helper processes such as the
+    # Manager that megatron-core's checkpoint writer starts, which would otherwise
+    # outlive the rank), then end without the rest of the interpreter's teardown. There
+    # gloo's C++ threads are sometimes destroyed while joinable ("terminate called
+    # without an active exception", SIGABRT, seen in about 1 of 10 runs of
+    # tests/platform/test_collective_device.py on 2 loaded cores; pytorch/pytorch#190489)
+    # -- after everything the test checks has happened.
+    atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
