@@ -93,11 +93,7 @@ def packed_seq_params(batch: dict[str, Any]) -> SegmentedPackedSeqParams:
     use the batch's host copies (``segments_host``).
     """
     cu = batch["cu_seqlens"]
-    if "segments_host" in batch:  # no device sync
-        cu_host, bidirectional = batch["segments_host"]
-    else:
-        cu_host, bidirectional = cu.tolist(), batch["segment_bidirectional"].tolist()
-    cu_host, bidirectional = [int(x) for x in cu_host], [bool(x) for x in bidirectional]
+    cu_host, bidirectional = batch["segments_host"]  # host lists: no device sync
     longest = int(batch["max_seqlen"])
     return SegmentedPackedSeqParams(
         qkv_format="thd",

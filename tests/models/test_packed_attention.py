@@ -16,7 +16,7 @@ def _params(cu, bidirectional):
     return packed_seq_params(
         {
             "cu_seqlens": torch.tensor(cu, dtype=torch.int32),
-            "segment_bidirectional": torch.tensor(bidirectional),
+            "segments_host": (cu, bidirectional),
             "max_seqlen": max(b - a for a, b in zip(cu, cu[1:])),
         }
     )
