@@ -31,6 +31,17 @@ class ParallelLayout:
     sequence_parallel: bool = False
     """Megatron sequence parallelism (only meaningful with TP > 1)."""
 
+    def __post_init__(self) -> None:
+        # VPP=1 is no interleaving: megatron-core gets None and runs the 1F1B schedule,
+        # so every option keyed on "interleaved" must see None too (a VPP of 1 that
+        # turned on overlap_p2p_comm crashed the non-interleaved schedule on CUDA)
+        if self.virtual_pipeline_parallel == 1:
+            self.virtual_pipeline_parallel = None
+
+    def interleaved(self) -> bool:
+        """More than one model chunk per pipeline stage (megatron-core's interleaved 1F1B)."""
+        return (self.virtual_pipeline_parallel or 1) > 1
+
     def model_parallel_size(self) -> int:
         """TP * PP * CP: ranks holding one replica of the model."""
         return self.tensor_parallel * self.pipeline_parallel * self.context_parallel
@@ -138,7 +149,7 @@ def initialize_model_parallel(
     parallel_state.initialize_model_parallel(
         tensor_model_parallel_size=layout.tensor_parallel,
         pipeline_model_parallel_size=layout.pipeline_parallel,
-        virtual_pipeline_model_parallel_size=vpp if vpp and vpp > 1 else None,
+        virtual_pipeline_model_parallel_size=vpp if layout.interleaved() else None,
         context_parallel_size=layout.context_parallel,
     )
     log.info("parallel layout: %s", layout.describe(world_size))

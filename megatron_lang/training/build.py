@@ -307,7 +307,7 @@ def pipeline_comm_options(layout, cuda: bool) -> dict[str, bool]:
     if layout.pipeline_parallel == 1:
         return {}
     out = {"deallocate_pipeline_outputs": True}
-    if cuda and layout.virtual_pipeline_parallel:
+    if cuda and layout.interleaved():
         out.update(overlap_p2p_comm=True, batch_p2p_comm=False)
     return out
 
@@ -322,7 +322,7 @@ def transformer_config(cfg: JobConfig, arch: LlamaArch):
         **gpu_fusions(use_te),
         tensor_model_parallel_size=p.tensor_parallel,
         pipeline_model_parallel_size=p.pipeline_parallel,
-        virtual_pipeline_model_parallel_size=p.virtual_pipeline_parallel,
+        virtual_pipeline_model_parallel_size=p.virtual_pipeline_parallel if p.interleaved() else None,
         context_parallel_size=p.context_parallel,
         sequence_parallel=p.sequence_parallel,
         calculate_per_token_loss=True,

@@ -79,3 +79,25 @@ def test_options_by_layout():
     assert build.pipeline_comm_options(ParallelLayout(pipeline_parallel=4), cuda=False) == {
         "deallocate_pipeline_outputs": True
     }
+
+
+def test_cuda_vpp1_is_not_interleaved(cuda):
+    # VPP=1 reaches megatron-core as None (the non-interleaved 1F1B schedule), which
+    # raises "does not support overlapping p2p communication" if overlap_p2p_comm is on
+    cfg = load_job_config(
+        None,
+        [
+            "model.arch.num_layers=4",
+            "model.transformer_engine=false",
+            "parallel.pipeline_parallel=2",
+            "parallel.virtual_pipeline_parallel=1",
+        ],
+    )
+    assert cfg.parallel.virtual_pipeline_parallel is None
+    config = build.transformer_config(cfg, build.resolve_model(cfg).arch)
+    assert config.virtual_pipeline_model_parallel_size is None
+    assert _values(config) == {
+        "deallocate_pipeline_outputs": True,
+        "overlap_p2p_comm": False,
+        "batch_p2p_comm": True,
+    }
