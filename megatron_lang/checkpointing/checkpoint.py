@@ -6,7 +6,8 @@ Layout of ``CHECKPOINT_DIR``::
       megatron_lang.json     model metadata (architecture, padded vocab) + tokenizer/
       job.yaml               the resolved job configuration
       train_state.json       step, consumed samples, skipped steps, parallel layout
-      rng/rank{r}.pt         per-rank RNG states (restored when the layout is unchanged)
+      rng/rank{r}.pt         per-rank RNG states (tensors and plain values: loaded with
+                             ``weights_only=True``; restored when the layout is unchanged)
     iter_0000200.tmp/        a save in progress (or one that crashed: ignored, removed on start)
     latest                   name of the newest complete checkpoint
 
@@ -16,9 +17,14 @@ a crash at any point leaves ``latest`` naming the previous complete checkpoint.
 Every file is fsynced before the rename, the folder and its parent after it, and
 ``latest`` is written to a temporary name, fsynced and renamed over the old one:
 after a power cut ``latest`` never names a folder whose files are not on disk.
-Model and optimizer state use megatron-core's fully reshardable formats, so a
-checkpoint resumes at a different TP/PP/DP; RNG states are only restored when
-the layout is the same (they are per rank).
+The optimizer state is ``dp_reshardable`` by default (resumes at another DP size, with
+the same gradient-bucket layout, which ``train_state.json`` records and a resume checks
+before loading) or ``fully_reshardable`` (any TP/PP/DP); RNG states are only restored
+when the layout is the same (they are per rank).
+
+Checkpoints are trusted input: PyTorch's distributed checkpoint unpickles its
+``.metadata`` file, so a checkpoint folder from elsewhere can run code when resumed.
+Nothing of ours widens that: the RNG files load with ``weights_only=True``.
 """
 
 from __future__ import annotations
@@ -54,6 +60,63 @@ MODEL_PARALLEL_KEYS = (
 
 class CheckpointLayoutError(ValueError):
     """A checkpoint cannot be resumed with this layout (the message says what to do)."""
+
+
+class CheckpointFileError(ValueError):
+    """A file of a checkpoint is not what megatron_lang writes (the message names it)."""
+
+
+def bucket_layout(optimizer) -> list | None:
+    """Unpadded parameters per gradient bucket of the distributed optimizer, else None.
+
+    ``[[bucket sizes of buffer 0, ...] per chained optimizer]``. megatron-core's
+    ``dp_reshardable`` optimizer state is stored per bucket and loads only into the same
+    bucket layout (``distrib_optimizer.load_parameter_state_from_dp_reshardable``); the
+    layout depends on the model, TP/PP and ``optimizer.ddp_bucket_size``, not on DP.
+    """
+    chained = getattr(optimizer, "chained_optimizers", None) or [optimizer]
+    out = []
+    for opt in chained:
+        per_buffer = getattr(opt, "per_bucket_numel_unpadded", None)
+        if per_buffer is None:
+            return None
+        out.append([[int(n) for counts in b.values() for n in counts] for b in per_buffer])
+    return out
+
+
+def _pipeline_first() -> bool:
+    from megatron.core import parallel_state as ps
+
+    return not dist.is_initialized() or ps.get_pipeline_model_parallel_rank() == 0
+
+
+def check_bucket_layout(path: Path, state: TrainState, current: list | None, fmt: str) -> None:
+    """Refuse, on every rank and before any load, a bucket layout the state cannot load into.
+
+    Only ``dp_reshardable`` depends on the buckets. ``train_state.json`` holds rank 0's
+    layout (the first pipeline stage's); ranks of that stage compare theirs and all ranks
+    agree through one all-reduce, so none is left waiting in the load.
+    """
+    if fmt != "dp_reshardable" or state.bucket_layout is None:
+        return
+    differs = current is not None and _pipeline_first() and current != state.bucket_layout
+    if dist.is_initialized():
+        from megatron_lang.platform.distributed import collective_tensor
+
+        flag = collective_tensor([float(differs)])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        differs = bool(flag.item())
+    if differs:
+        saved_size = state.ddp_bucket_size
+        raise CheckpointLayoutError(
+            f"{path} holds the optimizer state in the dp_reshardable format, stored per "
+            f"gradient bucket, and this run's buckets differ (saved with "
+            f"optimizer.ddp_bucket_size={saved_size}: buckets {state.bucket_layout}; now "
+            f"{current}). Resume with optimizer.ddp_bucket_size={saved_size}, or convert: "
+            f"resume once with the settings it was saved with, adding "
+            f"checkpoint.optimizer_format=fully_reshardable train.steps={state.step + 1}, then "
+            "resume that checkpoint with the new settings"
+        )
 
 
 def _sharding(optimizer_format: str) -> dict[str, str]:
@@ -92,6 +155,11 @@ def _load_strategy(path: Path):
     )
 
 
+def _normal(key: str, value: Any) -> Any:
+    # a VPP of 1 (older checkpoints recorded it) is no interleaving, as None
+    return None if key == "virtual_pipeline_parallel" and value == 1 else value
+
+
 def check_resume_layout(path: Path, state: TrainState, current_layout: dict[str, Any]) -> str:
     """The optimizer format to load ``path`` with at ``current_layout``; log a layout change.
 
@@ -103,8 +171,8 @@ def check_resume_layout(path: Path, state: TrainState, current_layout: dict[str,
             TP/PP/VPP/CP (names both layouts and the way to convert it).
     """
     fmt = state.optimizer_format
-    saved = {k: state.layout.get(k) for k in MODEL_PARALLEL_KEYS}
-    now = {k: current_layout.get(k) for k in MODEL_PARALLEL_KEYS}
+    saved = {k: _normal(k, state.layout.get(k)) for k in MODEL_PARALLEL_KEYS}
+    now = {k: _normal(k, current_layout.get(k)) for k in MODEL_PARALLEL_KEYS}
     if saved != now and fmt == "dp_reshardable":
         changed = ", ".join(f"{k} {saved[k]} -> {now[k]}" for k in saved if saved[k] != now[k])
         raise CheckpointLayoutError(
@@ -176,6 +244,10 @@ class TrainState:
     """Index of the training stage whose model/optimizer the checkpoint holds."""
     optimizer_format: str = "fully_reshardable"
     """Distributed-optimizer format of the saved state (older checkpoints: fully_reshardable)."""
+    ddp_bucket_size: int | None = None
+    """``optimizer.ddp_bucket_size`` of the run that saved it (None: older checkpoints)."""
+    bucket_layout: list | None = None
+    """Rank 0's unpadded parameters per gradient bucket (:func:`bucket_layout`)."""
 
 
 def read_train_state(path: str | os.PathLike) -> TrainState:
@@ -280,6 +352,7 @@ def save_checkpoint(
     sharded = _model_sharded([_unwrap(c) for c in model_chunks])
     sharding = _sharding(optimizer_format)
     state.optimizer_format = optimizer_format
+    state.bucket_layout = bucket_layout(optimizer)
     sharded["optimizer"] = optimizer.sharded_state_dict(sharded, metadata=sharding)
     sharded["scheduler"] = scheduler.state_dict()
     sharded["step"] = state.step
@@ -291,7 +364,7 @@ def save_checkpoint(
     )
     (tmp / "rng").mkdir(exist_ok=True)
     rng_file = tmp / "rng" / f"rank{_rank()}.pt"
-    torch.save(get_rng_states(), rng_file)
+    torch.save(get_rng_states(), rng_file)  # tensors and plain values only
     _fsync(rng_file)
     if _rank() == 0:
         write_metadata(tmp)
@@ -444,6 +517,10 @@ def load_checkpoint(
     path = Path(path)
     state = read_train_state(path)
     fmt = check_resume_layout(path, state, current_layout)
+    check_bucket_layout(path, state, bucket_layout(optimizer), fmt)
+    rng_file = path / "rng" / f"rank{_rank()}.pt"
+    same_layout = state.layout == current_layout
+    rng = read_rng_file(rng_file) if same_layout and rng_file.is_file() else None
     chunks = [_unwrap(c) for c in model_chunks]
     sharded = _model_sharded(chunks)
     _torch_adam_compat(optimizer)
@@ -452,7 +529,20 @@ def load_checkpoint(
     )
     sharded["scheduler"] = scheduler.state_dict()
     sharded["step"] = 0
-    loaded = dist_checkpointing.load(sharded, str(path), sharded_strategy=_load_strategy(path))
+    try:
+        loaded = dist_checkpointing.load(sharded, str(path), sharded_strategy=_load_strategy(path))
+    except Exception as e:
+        if fmt == "dp_reshardable" and state.bucket_layout is None and "shape mismatch" in str(e):
+            raise CheckpointLayoutError(
+                f"{path} (written before megatron_lang recorded gradient buckets) holds its "
+                "dp_reshardable optimizer state in another bucket layout than this run's: "
+                "megatron-core sized the buckets by the DP size, and used one bucket without "
+                "optimizer.overlap_grad_reduce. Resume it once at the DP size and "
+                "overlap_grad_reduce it was saved with, adding "
+                f"checkpoint.optimizer_format=fully_reshardable train.steps={state.step + 1}, "
+                f"then resume that checkpoint here ({e})"
+            ) from e
+        raise
     if len(chunks) == 1:
         chunks[0].load_state_dict(loaded["model"])
     else:
@@ -461,9 +551,8 @@ def load_checkpoint(
     optimizer.load_state_dict(loaded["optimizer"])
     _untie_adam_steps(optimizer)
     scheduler.load_state_dict(loaded["scheduler"])
-    rng_file = path / "rng" / f"rank{_rank()}.pt"
-    if state.layout == current_layout and rng_file.is_file():
-        set_rng_states(torch.load(rng_file, weights_only=False))
+    if rng is not None:
+        set_rng_states(rng)
     else:
         log.warning(
             "resuming %s with a different layout (%s -> %s): RNG states start fresh",
@@ -473,6 +562,27 @@ def load_checkpoint(
         )
     log.info("resumed from %s at step %d", path, state.step)
     return state
+
+
+def read_rng_file(path: Path) -> dict[str, Any]:
+    """The RNG states saved in ``path``, read with ``weights_only=True`` (no code runs).
+
+    Raises:
+        CheckpointFileError: the file holds anything but tensors and plain values (a
+            crafted file, or one written by megatron_lang before RNG states were kept
+            pickle-free), naming the file and how to resume without it.
+    """
+    import pickle
+
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+        raise CheckpointFileError(
+            f"{path}: not a plain tensor file, refused without unpickling it ({e}). "
+            "megatron_lang writes RNG states as tensors and plain values only; a file that "
+            "needs more may run code. If the checkpoint is yours and older, delete its rng/ "
+            "folder: the run then resumes with fresh RNG states"
+        ) from None
 
 
 def load_model_weights(path: str | os.PathLike, model_chunks: list, adapters: bool = False) -> None:

@@ -109,6 +109,11 @@ class OptimizerConfig:
     """Overlap the gradient reduce-scatter with the backward pass (GPUs)."""
     overlap_param_gather: bool = False
     """Overlap the parameter all-gather with the next forward pass (GPUs; needs the distributed optimizer)."""
+    ddp_bucket_size: int = 40_000_000
+    """Parameters per gradient-reduction bucket, whatever the DP size and whether or not
+    ``overlap_grad_reduce`` is on (megatron-core's own default, ``max(40M, 1M x DP)``, and
+    its single bucket without overlap, change the ``dp_reshardable`` optimizer layout with
+    the node count). A checkpoint resumes only with the bucket size it was saved with."""
 
 
 @dataclass

@@ -30,14 +30,26 @@ def set_seed(seed: int, model_parallel: bool = True) -> None:
 
 
 def get_rng_states() -> dict[str, Any]:
-    """This process's generator states (Python, NumPy, torch, CUDA, megatron-core's tracker)."""
+    """This process's generator states (Python, NumPy, torch, CUDA, megatron-core's tracker).
+
+    Only tensors, ints, floats, strings, tuples and dicts: ``torch.load(weights_only=True)``
+    reads a saved copy without unpickling arbitrary objects (NumPy's key array is kept as
+    an int64 tensor).
+    """
     from megatron.core.tensor_parallel import get_cuda_rng_tracker
 
+    name, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": (
+            str(name),
+            torch.from_numpy(keys.astype(np.int64)),
+            int(pos),
+            int(has_gauss),
+            float(cached),
+        ),
         "torch": torch.get_rng_state(),
-        "tracker": get_cuda_rng_tracker().get_states(),
+        "tracker": dict(get_cuda_rng_tracker().get_states()),
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
@@ -48,8 +60,11 @@ def set_rng_states(state: dict[str, Any]) -> None:
     """Restore states from :func:`get_rng_states`."""
     from megatron.core.tensor_parallel import get_cuda_rng_tracker
 
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    keys = keys.numpy() if isinstance(keys, torch.Tensor) else np.asarray(keys)
+    np.random.set_state((name, keys.astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])

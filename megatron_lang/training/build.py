@@ -322,7 +322,9 @@ def transformer_config(cfg: JobConfig, arch: LlamaArch):
         **gpu_fusions(use_te),
         tensor_model_parallel_size=p.tensor_parallel,
         pipeline_model_parallel_size=p.pipeline_parallel,
-        virtual_pipeline_model_parallel_size=p.virtual_pipeline_parallel if p.interleaved() else None,
+        virtual_pipeline_model_parallel_size=p.virtual_pipeline_parallel
+        if p.interleaved()
+        else None,
         context_parallel_size=p.context_parallel,
         sequence_parallel=p.sequence_parallel,
         calculate_per_token_loss=True,
@@ -375,21 +377,39 @@ def build_model_chunks(cfg: JobConfig, src: ModelSource, config) -> list:
 
 
 def wrap_ddp(cfg: JobConfig, config, chunks: list) -> list:
-    """megatron-core DDP around each chunk (fp32 grad reduction, bucketed)."""
+    """megatron-core DDP around each chunk (fp32 grad reduction, bucketed).
+
+    The buckets are ``optimizer.ddp_bucket_size`` parameters whatever the DP size and
+    whether or not gradients are reduced during the backward pass, so a ``dp_reshardable``
+    checkpoint (whose optimizer shards follow the buckets) resumes on another node count
+    and with ``overlap_grad_reduce`` toggled. megatron-core would size the buckets by DP
+    and use one bucket without overlap; it reads ``bucket_size`` once, in the DDP
+    constructor, and ``overlap_grad_reduce`` at every backward hook and grad sync. So the
+    DDP is built as for overlap, then (overlap off) its config switched to synchronous
+    reduction: ``finish_grad_sync`` then reduces bucket by bucket after the backward.
+    """
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 
     opt = cfg.optimizer
+    if opt.ddp_bucket_size < 1:
+        raise StartupError(
+            f"optimizer.ddp_bucket_size must be a positive number of parameters, got "
+            f"{opt.ddp_bucket_size!r}"
+        )
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=True,
-        overlap_grad_reduce=opt.overlap_grad_reduce,
+        overlap_grad_reduce=True,  # for the constructor's bucket layout; switched below
         overlap_param_gather=opt.overlap_param_gather,
         use_distributed_optimizer=opt.use_distributed_optimizer,
         check_for_nan_in_grad=False,
+        bucket_size=opt.ddp_bucket_size,
     )
-    return [
+    wrapped = [
         DistributedDataParallel(config, ddp_config, chunk, disable_bucketing=i > 0)
         for i, chunk in enumerate(chunks)
     ]
+    ddp_config.overlap_grad_reduce = opt.overlap_grad_reduce  # shared by chunks and buffers
+    return wrapped
 
 
 def build_optimizer(cfg: JobConfig, ddp_chunks: list):

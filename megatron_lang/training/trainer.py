@@ -49,7 +49,9 @@ class Trainer:
         self.is_logger = torch.distributed.get_rank() == 0
         self.config = build.transformer_config(cfg, src.arch)
         self.stages = stages.resolve_stages(cfg)
-        self.state = ckpt.TrainState(layout=self.layout)
+        self.state = ckpt.TrainState(
+            layout=self.layout, ddp_bucket_size=cfg.optimizer.ddp_bucket_size
+        )
         self._last_saved_step: int | None = None  # same on every rank (no file-system checks)
         self._last_eval_step: int | None = None
         latest = self._latest_checkpoint()
@@ -195,6 +197,7 @@ class Trainer:
             latest, self.model, self.optimizer, self.scheduler, self.layout
         )
         self.state.layout = self.layout
+        self.state.ddp_bucket_size = self.cfg.optimizer.ddp_bucket_size
         self._last_saved_step = self.state.step
 
     def _check_master_weights(self) -> None:

@@ -305,3 +305,44 @@ def test_dp_reshardable_checkpoint_refuses_a_model_parallel_change_and_names_the
     assert check_resume_layout(tmp_path, state, {**saved, "pipeline_parallel": 2}) == (
         "fully_reshardable"
     )
+
+
+def test_dp2_overlapped_checkpoint_resumes_at_dp1_and_with_overlap_toggled(tiny_blend, tmp_path):
+    """The dp_reshardable optimizer state follows the gradient buckets; their layout is
+    optimizer.ddp_bucket_size whatever the DP size and overlap_grad_reduce (megatron-core's
+    default is one bucket without overlap and max(40M, 1M x DP) parameters with it)."""
+    bucket = 30_000  # tiny-llama has ~140k parameters: several buckets
+    common = {"train.steps": 8, "optimizer.ddp_bucket_size": bucket}
+    ref_dir = tmp_path / "ref"
+    ref_args = _jobs.base_overrides(
+        tiny_blend,
+        **common,
+        **{
+            "optimizer.overlap_grad_reduce": True,
+            "checkpoint.dir": ref_dir,
+            "checkpoint.save_interval": 4,
+        },
+    )
+    ref = [h for h in run_distributed(_jobs.train, 2, ref_args)[0] if "loss" in h]
+    state = json.loads((ref_dir / "iter_0000004" / "train_state.json").read_text())
+    assert state["optimizer_format"] == "dp_reshardable"
+    assert state["ddp_bucket_size"] == bucket
+    assert len(state["bucket_layout"][0][0]) > 1, state["bucket_layout"]
+
+    def resume(name: str, world: int, **extra):
+        d = tmp_path / name
+        d.mkdir()
+        shutil.copytree(ref_dir / "iter_0000004", d / "iter_0000004")
+        (d / "latest").write_text("iter_0000004\n")
+        args = _jobs.base_overrides(tiny_blend, **{**common, **extra, "checkpoint.dir": d})
+        return [h for h in run_distributed(_jobs.train, world, args)[0] if "loss" in h]
+
+    for name, world in (("dp1-no-overlap", 1), ("dp2-no-overlap", 2)):
+        got = resume(name, world, **{"optimizer.overlap_grad_reduce": False})
+        assert [h["step"] for h in got] == [5, 6, 7, 8]
+        for a, b in zip(got, ref[4:]):
+            assert abs(a["loss"] - b["loss"]) <= 1e-4, (name, a["step"], a["loss"], b["loss"])
+
+    # another bucket size cannot load this state: refused before the load, naming the fix
+    with pytest.raises(RuntimeError, match=f"optimizer.ddp_bucket_size={bucket}"):
+        resume("other-buckets", 1, **{"optimizer.ddp_bucket_size": 2 * bucket})
