@@ -127,6 +127,8 @@ class MemoryEstimate:
     """GPU memory the total is compared with."""
     details: dict[str, str] = field(default_factory=dict, compare=False)
     """How each component was computed, by field name (for the table)."""
+    notes: list[str] = field(default_factory=list, compare=False)
+    """Settings that cost without saving memory (NOTE lines of the table)."""
 
     @property
     def total_gb(self) -> float:
@@ -182,6 +184,7 @@ class MemoryEstimate:
             f"  {'total':<12} {self.total_gb:7.2f}  of {self.capacity_gb:g} GB "
             f"(H100 80GB): {100 * share:.0f} %"
         )
+        lines.extend(f"NOTE: {n}" for n in self.notes)
         if self.over_limit:
             lines.append(
                 f"WARNING: the estimated {self.total_gb:.1f} GB per GPU is above "
@@ -387,6 +390,21 @@ def _stage_estimate(
         f"{m.recompute or 'no'} recompute, {formula} x {chunk_layers} layers x "
         f"{in_flight} micro-batch{'es' if in_flight > 1 else ''} in flight"
     )
+    notes = []
+    if m.recompute == "selective" and not local_attention:
+        from megatron_lang.training.flops import training_flops_per_token
+
+        extra = (
+            training_flops_per_token(arch, d.seq_length, "selective", padded_vocab=padded_vocab)
+            / training_flops_per_token(arch, d.seq_length, None, padded_vocab=padded_vocab)
+            - 1
+        )
+        notes.append(
+            "model.recompute=selective saves no memory here: it recomputes the core "
+            "attention, whose fused/flash kernel keeps no [s, s] scores (activations as "
+            f"without recompute), and adds {100 * extra:.1f} % hardware FLOPs per step; "
+            "use model.recompute=null, or full if memory is short"
+        )
     if m.recompute == "full":
         block = min(m.recompute_num_layers, chunk_layers)
         activations += block * _per_layer_activation_bytes(cfg, arch, None, local_attention)
@@ -435,6 +453,7 @@ def _stage_estimate(
         workspace_gb=WORKSPACE_GB,
         capacity_gb=capacity_gb,
         details=details,
+        notes=notes,
     )
 
 

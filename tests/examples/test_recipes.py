@@ -77,7 +77,7 @@ CASES = [
             "fp8: hybrid",
             "vocab 51200",
             "sequence_parallel: true",
-            "recompute: selective",
+            "recompute: null",
             "layer spec on CUDA+TE: TransformerEngine linears with fused norms (FP8-capable) + "
             "TEDotProductAttention on packed sequences (THD, cu_seqlens; flash/fused: "
             "padding_causal for causal samples, padding for MNTP/bidirectional ones)",

@@ -139,6 +139,12 @@ def test_activations_by_recompute_setting():
         _est(*tp2, "model.recompute=selective", world=2, te=True),
     )
     assert te_none.activations_gb == te_sel.activations_gb == sel.activations_gb
+    # ... and the dry run says so, with the FLOPs it costs; not where selective saves memory
+    assert te_sel.total_gb == te_none.total_gb
+    (note,) = te_sel.notes
+    assert "model.recompute=selective saves no memory here" in note
+    assert "hardware FLOPs" in note and f"NOTE: {note}" in te_sel.table()
+    assert not te_none.notes and not sel.notes and not full.notes
     # without SP: sbh (10 + 24/t) with selective recompute
     no_sp = _est("parallel.tensor_parallel=2", "model.recompute=selective", world=2)
     assert _bytes(no_sp.activations_gb) == pytest.approx(4 * sbh * (10 + 24 / 2))
