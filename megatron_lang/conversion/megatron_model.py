@@ -130,7 +130,14 @@ def forward_logits(model: Any, input_ids_BS: torch.Tensor, vocab_size: int) -> t
     first = parallel_state.is_pipeline_first_stage()
     last = parallel_state.is_pipeline_last_stage()
     if pp > 1 and not first:
-        hidden = torch.empty((s, b, model.config.hidden_size), dtype=model.config.params_dtype)
+        from megatron_lang.platform.distributed import collective_device
+
+        # received in place: on the device NCCL sends to (a host tensor fails there)
+        hidden = torch.empty(
+            (s, b, model.config.hidden_size),
+            dtype=model.config.params_dtype,
+            device=collective_device(),
+        )
         dist.recv(hidden, src=parallel_state.get_pipeline_model_parallel_prev_rank())
         model.set_input_tensor(hidden)
     out = model(input_ids_BS, position_ids, None)

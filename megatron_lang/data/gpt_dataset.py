@@ -241,8 +241,14 @@ class BlendDatasets:
 
 
 def valid_label(src: BlendSource) -> str:
-    """Label of a source's validation set: ``language/name`` or ``name``."""
-    return f"{src.language}/{src.name}" if src.language else src.name
+    """Label of a source's validation set: ``language/name``, or ``name`` alone.
+
+    The name alone when there is no language or the source is named after it
+    (``da``, not ``da/da``: tags ``val/da/loss``). The first part stays the language
+    wherever there is one (``analysis/summary.py`` reads it).
+    """
+    lang, name = src.language, src.name
+    return f"{lang}/{name}" if lang and name != lang else name
 
 
 def build_blend_datasets(

@@ -87,6 +87,8 @@ class PreprocessConfig:
     """Override the BOS token string (HF tokenizers)."""
     progress: bool | None = None
     """Progress bar: True, False, or None = only on a terminal."""
+    fail_on_empty: bool = False
+    """No document in the inputs is an error (nothing written), not a warning."""
 
     def dataset_prefix(self, key: str) -> str:
         """Output prefix of the dataset for ``key``."""
@@ -445,6 +447,8 @@ def preprocess(config: PreprocessConfig) -> dict:
                     tok_s=f"{totals['tokens'] / elapsed / 1e6:.2f}M",
                     refresh=False,
                 )
+            if totals["documents"] == 0:
+                _no_documents(config, files, skipped)
     except BaseException as exc:
         status, error = "failed", f"{type(exc).__name__}: {exc}"
         raise
@@ -504,6 +508,20 @@ def preprocess(config: PreprocessConfig) -> dict:
         config.summary_path,
     )
     return summary
+
+
+def _no_documents(config: PreprocessConfig, files: list, skipped: Counter) -> None:
+    """Say loudly that the inputs hold no document; raise with ``fail_on_empty``."""
+    why = (
+        f"all {sum(skipped.values())} were bad and skipped"
+        if skipped
+        else f"the files are empty or hold no text under --json-keys {config.json_keys}"
+    )
+    names = ", ".join(str(f) for f in files[:5]) + (" ..." if len(files) > 5 else "")
+    message = f"no documents in {len(files)} input file(s) ({names}): {why}"
+    if config.fail_on_empty:
+        raise PreprocessError(f"{message}; nothing written (--fail-on-empty)")
+    logger.warning("%s; the dataset %s* is EMPTY", message, config.output_prefix)
 
 
 def default_workers() -> int:

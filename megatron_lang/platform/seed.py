@@ -17,9 +17,15 @@ def set_seed(seed: int, model_parallel: bool = True) -> None:
     Args:
         seed: base seed; megatron-core derives per-TP-rank seeds from it for
             the model-parallel RNG tracker (dropout inside TP regions, init).
+            Each pipeline stage adds ``100 x`` its rank, as Megatron-LM does: stages
+            build different layers, which must not start from the same draws.
         model_parallel: also seed megatron-core's tracker (needs the
             model-parallel groups to exist).
     """
+    if model_parallel:
+        from megatron.core import parallel_state
+
+        seed += 100 * parallel_state.get_pipeline_model_parallel_rank()
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

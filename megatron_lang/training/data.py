@@ -139,7 +139,7 @@ def masking_spec(cfg: JobConfig, tokenizer_dir: str | None, eod: int, vocab: int
     o = cfg.objective
     special, mask_id = tokenizer_special_ids(tokenizer_dir, o.mask_token)
     if mask_id is None:
-        wanted = repr(o.mask_token) if o.mask_token else "a mask_token (e.g. <mask>)"
+        wanted = f"token {o.mask_token!r}" if o.mask_token else "mask_token (e.g. <mask>)"
         raise StartupError(
             f"objective.mntp_fraction/bidirectional need a mask token, but tokenizer "
             f"{tokenizer_dir} has no {wanted}; add one with tools/preprocess/extend_vocab.py "

@@ -37,7 +37,7 @@ def _reports(tmp_path, after_da: float):
     metrics = [
         {"step": 1, "loss": 6.0, "loss/da": 6.5, "stage": 0, "step_time_s": 2.0},
         {"step": 2, "loss": 5.0, "loss/da": 5.5, "stage": 1, "step_time_s": 3.0},
-        {"step": 2, "valid/da/da/loss": 5.1, "valid/en/en/loss": 3.0},
+        {"step": 2, "valid/da/loss": 5.1, "valid/en/en_replay/loss": 3.0},
     ]
     (tmp_path / "f.json").write_text(json.dumps(fert))
     (tmp_path / "e.json").write_text(json.dumps({"results": rows}))

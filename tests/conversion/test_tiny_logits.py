@@ -22,7 +22,9 @@ def _logits_on_ranks(ckpts: dict[str, str], resave_root: str) -> dict:
     from megatron_lang.checkpointing.metadata import load_metadata
     from megatron_lang.conversion.megatron_model import forward_logits, load_model
     from megatron_lang.platform import ParallelLayout, initialize_model_parallel, set_seed
+    from tests._collective_check import install
 
+    install()  # the PP=2 stages' send/recv on tensors NCCL takes
     out = {}
     for layout, (tp, pp) in LAYOUTS.items():
         for name, ckpt in ckpts.items():

@@ -200,3 +200,16 @@ def test_data_tokenized_with_a_bigger_vocabulary_is_refused(tmp_path, bpe_tokeni
     with pytest.raises(BlendError, match=rf"source 'da' .*vocabulary {vocab}.*has {vocab - 1} tok"):
         check_token_ids(spec, vocab - 1)
     assert preprocessing_summary(tmp_path / "other_text_document") is None
+
+
+@pytest.mark.unit
+def test_validation_labels_name_the_language_once():
+    from megatron_lang.data.blend import BlendSource
+    from megatron_lang.data.gpt_dataset import valid_label
+
+    def label(name, language):
+        return valid_label(BlendSource(name=name, path="p", weight=1.0, language=language))
+
+    assert label("da", "da") == "da"  # tags val/da/loss, not val/da/da/loss
+    assert label("da_gimp", "da") == "da/da_gimp"
+    assert label("gimp", None) == "gimp"

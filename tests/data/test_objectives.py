@@ -209,8 +209,9 @@ def test_tokenizer_ids_and_missing_mask_token_error(tmp_path):
     cfg = load_job_config(None, ["objective.mntp_fraction=0.1"])
     spec = masking_spec(cfg, str(tmp_path / "with"), eod=0, vocab=5)
     assert spec.mask_id == 4 and set(spec.random_ids.tolist()) == {1, 2, 3}
-    with pytest.raises(StartupError, match=r"without.*extend_vocab\.py"):
+    with pytest.raises(StartupError, match=r"without.*extend_vocab\.py") as e:
         masking_spec(cfg, str(tmp_path / "without"), eod=0, vocab=4)
+    assert "has no mask_token (e.g. <mask>);" in str(e.value)
     # an explicit objective.mask_token names an existing token
     cfg2 = load_job_config(None, ["objective.mntp_fraction=0.1", "objective.mask_token=b"])
     assert masking_spec(cfg2, str(tmp_path / "without"), eod=0, vocab=4).mask_id == 2

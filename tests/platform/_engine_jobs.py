@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from megatron_lang.models.sharding import gather_full_state_dict, load_full_state_dict
 from tests.platform import _engine as E
 
@@ -131,4 +133,31 @@ def load_checkpoint(tp: int, pp: int, ckpt_dir: str) -> dict:
     return {
         "logits": E.gathered_logits(model, config, E.batch(2)),
         "full": gather_full_state_dict(model),
+    }
+
+
+def stage_layer_weights(pp: int) -> dict:
+    """This stage's first transformer layer's weights, freshly initialised at PP=``pp``."""
+    model, _ = E.setup(pp=pp)
+    layer = model.decoder.layers[0]
+    state = layer.state_dict().items()
+    return {k: v.detach().clone() for k, v in state if torch.is_tensor(v) and v.is_floating_point()}
+
+
+def stage_random_draws(pp: int) -> dict:
+    """Draws of every generator right after seeding, on this pipeline stage."""
+    import random
+
+    import numpy as np
+    from megatron.core.tensor_parallel import get_cuda_rng_tracker
+
+    E.setup(pp=pp)
+    E.set_seed(REF_SEED)
+    with get_cuda_rng_tracker().fork():  # dropout inside tensor-parallel regions
+        tracker = torch.rand(4)
+    return {
+        "python": random.random(),
+        "numpy": float(np.random.rand()),
+        "torch": torch.rand(4),
+        "tracker": tracker,
     }

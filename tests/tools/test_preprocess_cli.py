@@ -92,3 +92,20 @@ def test_build_html_corpus_cli(tmp_path, capsys):
     assert "3 documents" in capsys.readouterr().out
     assert [json.loads(x)["lang"] for x in out.read_text().splitlines()] == ["nn"] * 3
     assert build_html_corpus.main(["--output", str(out), "--root", str(tmp_path)]) == 1
+
+
+def test_empty_input_warns_loudly_and_fails_with_fail_on_empty(tmp_path, bpe_tokenizer, capsys):
+    """An empty input used to exit 0 with an empty dataset and no word about it."""
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n")
+    prefix = tmp_path / "o"
+    argv = ["--input", str(empty), "--output-prefix", str(prefix)]
+    argv += ["--tokenizer", str(bpe_tokenizer), "--no-progress"]
+    assert preprocess_data.main(argv) == 0
+    err = capsys.readouterr().err
+    assert "no documents in 1 input file(s)" in err and "EMPTY" in err and str(empty) in err
+    for f in tmp_path.glob("o*"):
+        f.unlink()
+    assert preprocess_data.main(argv + ["--fail-on-empty"]) == 1
+    assert "nothing written (--fail-on-empty)" in capsys.readouterr().err
+    assert not list(tmp_path.glob("o*.bin")) and not list(tmp_path.glob("o*.idx"))

@@ -75,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eod-token", help="EOD token string (default: the tokenizer's eos_token)")
     p.add_argument("--bos-token", help="BOS token string (default: the tokenizer's bos_token)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--fail-on-empty",
+        action="store_true",
+        help="exit 1 and write nothing when the inputs hold no document (default: a warning)",
+    )
     return p
 
 
@@ -105,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         eod_token=args.eod_token,
         bos_token=args.bos_token,
         progress=False if args.no_progress else None,
+        fail_on_empty=args.fail_on_empty,
     )
     try:
         summary = preprocess(config)
