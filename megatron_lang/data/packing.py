@@ -17,6 +17,11 @@ directly. RoPE restarts at every segment in the THD layout (megatron-core's
 ``_apply_rotary_pos_emb_thd``); attention never crosses a segment and RoPE scores depend
 only on the distance between positions, so this equals the dense-mask reference up to
 float rounding.
+
+Everything the attention needs is built here, with the batch, on the host: the per-kind
+split of a micro-batch holding both kinds (:func:`kind_split`) and host copies of the
+offsets. Moved to the GPU with the batch (pinned, non-blocking), nothing in the forward
+waits for a host->device copy or reads a device tensor back.
 """
 
 from __future__ import annotations
@@ -32,8 +37,9 @@ def pack_microbatch(batch: dict[str, Any]) -> dict[str, Any]:
     Adds ``cu_seqlens`` (int32 ``[n+1]``, offsets into the ``b*S`` flattened tokens),
     ``segment_bidirectional`` (bool ``[n]``, from the sample's ``mntp`` flag; causal when
     the batch has none), ``max_seqlen`` (a Python int, the longest segment) and
-    ``segments_host`` (both as Python lists, for host-side bookkeeping). A batch
-    without ``segments`` is returned unchanged.
+    ``segments_host`` (both as Python lists, for host-side bookkeeping), and when the
+    micro-batch holds causal and bidirectional segments the tensors of
+    :func:`kind_split`. A batch without ``segments`` is returned unchanged.
     """
     if "segments" not in batch:
         return batch
@@ -56,4 +62,37 @@ def pack_microbatch(batch: dict[str, Any]) -> dict[str, Any]:
     # host copies (Python lists stay on the host when the batch moves to the GPU), so the
     # per-segment bookkeeping never waits for the device
     out["segments_host"] = (cu.tolist(), bidirectional.tolist())
+    out.update(kind_split(cu, bidirectional))
+    return out
+
+
+KINDS = (("causal", False), ("bidirectional", True))
+"""Batch-key prefix and bidirectional flag of the two segment kinds."""
+
+
+def kind_split(cu_seqlens: torch.Tensor, bidirectional: torch.Tensor) -> dict[str, Any]:
+    """The causal and the bidirectional segments of a packed sequence, each re-packed.
+
+    For a sequence holding both kinds (``{}`` otherwise), per kind ``k`` in
+    ``causal``/``bidirectional``: ``{k}_index`` (int64 ``[t_k]``, the positions of its
+    tokens in the packed sequence, in order) and ``{k}_cu_seqlens`` (int32, the offsets
+    of its segments among those tokens), plus ``kind_max_seqlen`` (``{k: longest
+    segment}``, Python ints). Attention kernels that take one mask kind per call (TE's
+    THD attention, ``varlen_attn``) attend each kind's tokens separately.
+
+    Args:
+        cu_seqlens: int ``[n+1]`` segment offsets (host).
+        bidirectional: bool ``[n]``, the kind of each segment.
+    """
+    bidirectional = bidirectional.bool()
+    if bidirectional.all() or not bidirectional.any():
+        return {}
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+    token_kind = torch.repeat_interleave(bidirectional, lengths)
+    out: dict[str, Any] = {"kind_max_seqlen": {}}
+    for name, flag in KINDS:
+        own = lengths[bidirectional == flag]
+        out[f"{name}_index"] = torch.nonzero(token_kind == flag).squeeze(1)
+        out[f"{name}_cu_seqlens"] = torch.cat([own.new_zeros(1), own.cumsum(0)]).to(torch.int32)
+        out["kind_max_seqlen"][name] = int(own.max())
     return out

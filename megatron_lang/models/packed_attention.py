@@ -12,10 +12,20 @@ Two core attentions take it:
   for bidirectional ones. A micro-batch holding both kinds (hybrid objective with
   ``micro_batch_size > 1``) is split into its causal and its bidirectional tokens, one
   kernel call each.
-- :class:`PackedDotProductAttention`: PyTorch's ``scaled_dot_product_attention`` per
-  segment (flash / memory-efficient kernels on GPUs, no ``[S, S]`` scores tensor for the
-  whole sample) for installs without TransformerEngine and for CPU. Without packed params
-  it is plain attention with the layer's causal mask or a given dense mask.
+- :class:`PackedDotProductAttention`, for installs without TransformerEngine (every
+  LoRA job) and for CPU: on CUDA in bf16/fp16 PyTorch's ``varlen_attn`` (flash
+  attention on THD tensors with ``cu_seqlens``, GQA native), one kernel call per segment
+  kind like TE; elsewhere (CPU, fp32, attention dropout) ``scaled_dot_product_attention``
+  on 4-D ``[n, heads, l, dim]`` views of runs of equal segments, so its fused kernels
+  (flash, memory-efficient; flash on CPU) apply and no ``[l, l]`` softmax is kept for
+  the backward. Without packed params it is plain attention with the layer's causal
+  mask or a given dense mask.
+
+Nothing here syncs with the device: the per-kind token indices and offsets are built
+with the batch (:func:`~megatron_lang.data.packing.kind_split`), segment loops run over
+host lists, and megatron-core's unfused THD RoPE gets a host copy of the offsets
+(``cu_seqlens_q_padded``, equal to ``cu_seqlens_q``: there is no padding), which it
+reads with ``.tolist()`` on every layer.
 
 megatron-core's local ``DotProductAttention`` with dense ``[b, 1, S, S]`` masks stays the
 reference (``model.attention=dense``) the tests hold both to.
@@ -35,85 +45,144 @@ from megatron.core.transformer.module import MegatronModule
 
 @dataclass
 class SegmentedPackedSeqParams(PackedSeqParams):
-    """megatron-core's THD ``PackedSeqParams`` plus the attention kind of every segment."""
+    """megatron-core's THD ``PackedSeqParams`` plus the attention kind of every segment.
+
+    ``cu_seqlens_q_padded``/``cu_seqlens_kv_padded`` may hold a *host* copy of
+    ``cu_seqlens`` (see :func:`packed_seq_params`): megatron-core's unfused THD RoPE
+    prefers them and reads them with ``.tolist()``; the core attentions here never
+    pass them on.
+    """
 
     bidirectional: list[bool] = field(default_factory=list)
     """Per segment: attends both ways (MNTP) instead of causally."""
     cu_seqlens_host: list[int] = field(default_factory=list)
     """``cu_seqlens`` as Python ints (segment loops without a device sync)."""
-    _groups: dict = field(default_factory=dict, repr=False)
+    groups: list[tuple[torch.Tensor | None, PackedSeqParams, bool]] = field(
+        default_factory=list, repr=False
+    )
+    """See :meth:`kind_groups`."""
+    _runs: list | None = field(default=None, repr=False, compare=False)
 
-    def kind_groups(self, device: torch.device) -> list[tuple[torch.Tensor | None, Any, bool]]:
+    def kind_groups(self) -> list[tuple[torch.Tensor | None, PackedSeqParams, bool]]:
         """``[(token index or None, plain PackedSeqParams, bidirectional)]``, one per kind.
 
         One entry (index None) when all segments are of one kind; else the causal and the
-        bidirectional segments, each re-packed over its own tokens. Cached per device.
+        bidirectional segments, each re-packed over its own tokens (built with the batch).
         """
-        key = str(device)
-        if key not in self._groups:
-            self._groups[key] = self._split(device)
-        return self._groups[key]
+        return self.groups
 
-    def _split(self, device: torch.device) -> list:
-        kinds = sorted(set(self.bidirectional))
-        plain = {
-            "qkv_format": "thd",
-            "cu_seqlens_q": self.cu_seqlens_q,
-            "cu_seqlens_kv": self.cu_seqlens_kv,
-            "max_seqlen_q": self.max_seqlen_q,
-            "max_seqlen_kv": self.max_seqlen_kv,
-        }
-        if len(kinds) <= 1:
-            return [(None, PackedSeqParams(**plain), bool(kinds and kinds[0]))]
-        groups = []
-        cu = self.cu_seqlens_host
-        for kind in kinds:
-            spans = [
-                (cu[i], cu[i + 1]) for i, bidir in enumerate(self.bidirectional) if bidir == kind
-            ]
-            index = torch.cat([torch.arange(a, b) for a, b in spans]).to(device)
-            lengths = torch.tensor([0] + [b - a for a, b in spans])
-            sub_cu = lengths.cumsum(0).to(torch.int32).to(device)
-            longest = max(b - a for a, b in spans)
-            params = PackedSeqParams(
-                qkv_format="thd",
-                cu_seqlens_q=sub_cu,
-                cu_seqlens_kv=sub_cu,
-                max_seqlen_q=longest,
-                max_seqlen_kv=longest,
-            )
-            groups.append((index, params, kind))
-        return groups
+    def runs(self) -> list[tuple[int, int, int, bool]]:
+        """``[(start, count, length, bidirectional)]``: maximal runs of consecutive segments
+        of one kind and one length (host ints), each attended as one ``[count, heads,
+        length, dim]`` batch."""
+        if self._runs is not None:  # every layer asks
+            return self._runs
+        cu, kinds = self.cu_seqlens_host, self.bidirectional
+        out: list[tuple[int, int, int, bool]] = []
+        for i, bidirectional in enumerate(kinds):
+            length = cu[i + 1] - cu[i]
+            if out and out[-1][2] == length and out[-1][3] == bidirectional:
+                start, count, _, _ = out[-1]
+                out[-1] = (start, count + 1, length, bidirectional)
+            else:
+                out.append((cu[i], 1, length, bidirectional))
+        self._runs = out
+        return out
 
 
-def packed_seq_params(batch: dict[str, Any]) -> SegmentedPackedSeqParams:
+def packed_seq_params(batch: dict[str, Any], host_rope: bool = True) -> SegmentedPackedSeqParams:
     """The packed params of a micro-batch from :func:`~megatron_lang.data.packing.pack_microbatch`.
 
-    ``cu_seqlens`` is used on the batch's device (the GPU once moved); the segment loops
-    use the batch's host copies (``segments_host``).
+    ``cu_seqlens`` and the per-kind tensors are used on the batch's device (the GPU once
+    moved, with the batch); the segment loops use the batch's host lists
+    (``segments_host``).
+
+    Args:
+        batch: the packed micro-batch.
+        host_rope: give megatron-core's unfused THD RoPE a host copy of the offsets
+            (``cu_seqlens_q_padded``), so it splits the sequence without reading the
+            device; False where the RoPE is TE's fused kernel (``apply_rope_fusion``),
+            which takes the device offsets.
     """
+    from megatron_lang.data.packing import KINDS
+
     cu = batch["cu_seqlens"]
     cu_host, bidirectional = batch["segments_host"]  # host lists: no device sync
     longest = int(batch["max_seqlen"])
+    if "kind_max_seqlen" in batch:  # both kinds: split with the batch (kind_split)
+        groups = []
+        for name, flag in KINDS:
+            sub_cu, sub_max = batch[f"{name}_cu_seqlens"], batch["kind_max_seqlen"][name]
+            plain = PackedSeqParams(
+                qkv_format="thd",
+                cu_seqlens_q=sub_cu,
+                cu_seqlens_kv=sub_cu,
+                max_seqlen_q=sub_max,
+                max_seqlen_kv=sub_max,
+            )
+            groups.append((batch[f"{name}_index"], plain, flag))
+    elif len(set(bidirectional)) > 1:
+        raise ValueError(
+            "a packed micro-batch with causal and bidirectional segments needs the per-kind "
+            "split of megatron_lang.data.packing.kind_split (pack_microbatch adds it)"
+        )
+    else:
+        plain = PackedSeqParams(
+            qkv_format="thd",
+            cu_seqlens_q=cu,
+            cu_seqlens_kv=cu,
+            max_seqlen_q=longest,
+            max_seqlen_kv=longest,
+        )
+        groups = [(None, plain, bool(bidirectional and bidirectional[0]))]
+    host = torch.tensor(cu_host, dtype=torch.int32) if host_rope else None
     return SegmentedPackedSeqParams(
         qkv_format="thd",
         cu_seqlens_q=cu,
         cu_seqlens_kv=cu,
+        cu_seqlens_q_padded=host,
+        cu_seqlens_kv_padded=host,
         max_seqlen_q=longest,
         max_seqlen_kv=longest,
         bidirectional=bidirectional,
         cu_seqlens_host=cu_host,
+        groups=groups,
     )
 
 
+def varlen_kernel(query: torch.Tensor) -> Any:
+    """PyTorch's ``varlen_attn`` where it runs on ``query``, else None.
+
+    It is flash attention only: CUDA (sm80+, PyTorch built with flash attention),
+    bf16/fp16, a head dimension that is a multiple of 8 up to 256. (No dropout either;
+    the caller checks that.)
+    """
+    if not query.is_cuda or query.dtype not in (torch.bfloat16, torch.float16):
+        return None
+    dim = query.shape[-1]
+    if dim % 8 or dim > 256 or not torch.backends.cuda.is_flash_attention_available():
+        return None
+    if torch.cuda.get_device_capability(query.device) < (8, 0):
+        return None
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:  # PyTorch before 2.10
+        return None
+    return varlen_attn
+
+
 class PackedDotProductAttention(MegatronModule):
-    """Core attention over ``torch.nn.functional.scaled_dot_product_attention``.
+    """Core attention over PyTorch's ``varlen_attn`` / ``scaled_dot_product_attention``.
 
     Same constructor and ``forward`` as megatron-core's core attentions. With
     :class:`SegmentedPackedSeqParams` (THD: ``query [t, heads, dim]``) it attends per
-    segment, causally or bidirectionally; without (``[s, b, heads, dim]``) it applies the
-    given dense mask (True = masked out) or, with none, the layer's causal mask. Grouped
-    query attention is handled by SDPA (``enable_gqa``), no key/value copies.
+    segment, causally or bidirectionally: through ``varlen_attn`` (one flash kernel per
+    segment kind, :func:`attend_by_kind`) where :func:`varlen_kernel` allows and
+    attention dropout is off, else through SDPA on 4-D views of the runs of equal
+    segments (:meth:`SegmentedPackedSeqParams.runs`). Without packed params
+    (``[s, b, heads, dim]``) it applies the given dense mask (True = masked out) or, with
+    none, the layer's causal mask. Grouped query attention needs no key/value copies
+    (``enable_gqa``).
     """
 
     def __init__(
@@ -154,12 +223,18 @@ class PackedDotProductAttention(MegatronModule):
         import torch.nn.functional as F
 
         dropout = self.dropout if self.training else 0.0
+        gqa = self.heads != self.groups
+        if gqa and q.is_cuda and q.dtype not in (torch.float16, torch.bfloat16):
+            # fp32 on CUDA: the fused kernel is the memory-efficient one, which takes no
+            # enable_gqa (SDPA would fall back to the math kernel and keep [l, l] scores)
+            k, v = (x.repeat_interleave(self.heads // self.groups, dim=-3) for x in (k, v))
+            gqa = False
         kwargs = dict(
             attn_mask=mask,
             dropout_p=dropout,
             is_causal=causal,
             scale=self.softmax_scale,
-            enable_gqa=self.heads != self.groups,
+            enable_gqa=gqa,
         )
         if dropout and not self.config.sequence_parallel:
             from megatron.core import tensor_parallel
@@ -167,6 +242,33 @@ class PackedDotProductAttention(MegatronModule):
             with tensor_parallel.get_cuda_rng_tracker().fork():
                 return F.scaled_dot_product_attention(q, k, v, **kwargs)
         return F.scaled_dot_product_attention(q, k, v, **kwargs)
+
+    def _varlen(self, kernel, q, k, v, params: PackedSeqParams, bidirectional: bool):
+        out = kernel(
+            q,
+            k,
+            v,
+            params.cu_seqlens_q,
+            params.cu_seqlens_kv,
+            params.max_seqlen_q,
+            params.max_seqlen_kv,
+            scale=self.softmax_scale,
+            window_size=(-1, -1) if bidirectional else (-1, 0),  # (-1, 0): causal
+            enable_gqa=self.heads != self.groups,
+        )
+        return out.reshape(out.shape[0], self.heads * self.head_dim)
+
+    def _per_segment_runs(self, query, key, value, params: SegmentedPackedSeqParams):
+        outs = []
+        for start, count, length, bidirectional in params.runs():
+            end = start + count * length
+            q, k, v = (
+                x[start:end].unflatten(0, (count, length)).transpose(1, 2)  # [n, heads, l, d]
+                for x in (query, key, value)
+            )
+            out = self._sdpa(q, k, v, causal=not bidirectional)
+            outs.append(out.transpose(1, 2).reshape(end - start, self.heads * self.head_dim))
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
 
     def forward(
         self,
@@ -185,13 +287,12 @@ class PackedDotProductAttention(MegatronModule):
                 raise TypeError(
                     "packed sequences need SegmentedPackedSeqParams (per-segment kinds)"
                 )
-            cu = packed_seq_params.cu_seqlens_host
-            outs = []
-            for i, bidirectional in enumerate(packed_seq_params.bidirectional):
-                a, b = cu[i], cu[i + 1]
-                q, k, v = (x[a:b].transpose(0, 1) for x in (query, key, value))  # [heads, l, d]
-                outs.append(self._sdpa(q, k, v, causal=not bidirectional).transpose(0, 1))
-            return torch.cat(outs).reshape(query.shape[0], self.heads * self.head_dim)
+            kernel = varlen_kernel(query)
+            if kernel is not None and not (self.training and self.dropout):
+                return attend_by_kind(
+                    query, key, value, packed_seq_params, functools.partial(self._varlen, kernel)
+                )
+            return self._per_segment_runs(query, key, value, packed_seq_params)
         s, b = query.shape[:2]
         q, k, v = (x.permute(1, 2, 0, 3) for x in (query, key, value))  # [b, heads, s, d]
         if attention_mask is not None:
@@ -210,7 +311,7 @@ def attend_by_kind(query, key, value, params: SegmentedPackedSeqParams, kernel) 
     back to their places (segments never attend across, so nothing is lost).
     """
     out = None
-    for index, plain, bidirectional in params.kind_groups(query.device):
+    for index, plain, bidirectional in params.kind_groups():
         if index is None:
             return kernel(query, key, value, plain, bidirectional)
         part = kernel(

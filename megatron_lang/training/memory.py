@@ -373,7 +373,11 @@ def _stage_estimate(
 
     from megatron_lang.models.gpt import core_attention_kind
 
-    # flash/fused kernels (TE, or PyTorch SDPA per packed segment) keep no [s, s] scores
+    # fused kernels keep no [s, s] scores: TE; and for "sdpa-packed" (PackedDotProductAttention)
+    # PyTorch's varlen_attn flash kernel in bf16/fp16 on CUDA, else SDPA on 4-D views of
+    # the runs of equal segments (flash, or memory-efficient with GQA's key/value heads
+    # repeated in fp32). Before, its 3-D per-segment calls ran the math kernel, which
+    # kept a [heads/TP, l, l] softmax per segment this plan did not count.
     local_attention = (
         core_attention_kind(te, needs_arbitrary_mask(cfg), packed_attention(cfg)) == "local"
     )

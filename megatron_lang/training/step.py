@@ -67,14 +67,19 @@ def forward_step(n_sources: int, data_iterator, model):
 
     batch = next(data_iterator)
     if "cu_seqlens" in batch:  # packed: the micro-batch is one THD sequence of b*s tokens
+        from megatron.core.utils import get_model_config
+
         from megatron_lang.models.packed_attention import packed_seq_params
 
+        # megatron-core's unfused THD RoPE reads the offsets on the host: give it the
+        # batch's host copy (TE's fused RoPE takes the device ones without a sync)
+        host_rope = not getattr(get_model_config(model), "apply_rope_fusion", False)
         output = model(
             batch["tokens"].reshape(1, -1),
             batch["position_ids"].reshape(1, -1),
             None,
             labels=batch["labels"].reshape(1, -1),
-            packed_seq_params=packed_seq_params(batch),
+            packed_seq_params=packed_seq_params(batch, host_rope=host_rope),
         )
     else:
         if parallel_state.get_context_parallel_world_size() > 1:

@@ -61,3 +61,19 @@ def test_packed_attention_matches_the_dense_mask_reference(
         for name, g in dense["grads"].items():
             assert g.abs().max() > 0 or "output_layer" in name, name  # the batch trains it
             torch.testing.assert_close(packed["grads"][name], g, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_the_packed_forward_never_syncs_with_the_device():
+    """A hybrid micro-batch (causal and MNTP samples) through the fallback's SDPA route and
+    its CUDA varlen route (device-only stand-in kernel): no host read of a device tensor
+    and no host->device copy inside the forward (``tests/_host_sync.py``). Before, RoPE
+    read the device ``cu_seqlens`` four times per layer (``.tolist()`` and a tensor
+    ``bool`` per query and key) and the per-kind split was built and copied to the device
+    in the first layer."""
+    from tests.training import _packed_jobs
+
+    routes = run_distributed(_packed_jobs.forward_syncs, 1)[0]
+    for route, result in routes.items():
+        assert not result["events"], f"{route}:\n{result['report']}"
+    assert routes["varlen"]["kernel_calls"] == 2 * 2  # a call per kind and layer
+    torch.testing.assert_close(routes["varlen"]["loss"], routes["sdpa"]["loss"])
