@@ -25,7 +25,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-pytest_plugins = ("tests.fixtures",)
+pytest_plugins = ("tests.fixtures", "tests._leftovers")
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("MEGATRON_LANG_TEST_CACHE", REPO / ".cache" / "test-artefacts"))
