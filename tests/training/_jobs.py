@@ -177,3 +177,44 @@ def first_step_grads(overrides: list[str], attentions: tuple[str, ...]) -> dict:
             trainer.prefetch.close()
             parallel_state.destroy_model_parallel()
     return out
+
+
+def step_one_gradients(runs: dict[str, list[str]]) -> dict:
+    """Per run (name -> overrides): the first global batch's gradients as the optimizer
+    sees them, and the norm the trainer logs (no optimizer step).
+
+    Returns ``{name: {"grads": {name: grad}, "norm": ..., "metrics": ..., "batches":
+    [micro-batch]}}`` for this rank (run on one rank: the whole batch).
+    """
+    from megatron.core import parallel_state
+
+    from megatron_lang.training import step
+    from megatron_lang.training.job import start_trainer
+    from megatron_lang.training.optimizer_step import guarded_step
+    from tests._collective_check import install
+
+    install()
+    out = {}
+    for name, overrides in runs.items():
+        cfg = load_job_config(None, overrides)
+        trainer = start_trainer(cfg)
+        try:
+            batches, _ = trainer.prefetch.get(0)
+            for m in trainer.model:
+                m.zero_grad_buffer()
+            trainer.optimizer.zero_grad()
+            report = step.run_schedule(
+                trainer.model, batches, cfg.data.seq_length, len(trainer.data.source_names)
+            )
+            grads = {
+                n: p.main_grad.detach().clone()
+                for m in trainer.model
+                for n, p in m.module.named_parameters()
+            }
+            _, norm = guarded_step(trainer.optimizer)  # as the trainer logs it
+            metrics = step.summarize(report, trainer.data.source_names, objective=True)
+            out[name] = {"grads": grads, "norm": norm, "metrics": metrics, "batches": batches}
+        finally:
+            trainer.prefetch.close()
+            parallel_state.destroy_model_parallel()
+    return out
