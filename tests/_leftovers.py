@@ -9,16 +9,23 @@ were 125 of them).
 
 At the start of the session this process becomes the *child subreaper* of everything
 below it (Linux ``prctl(PR_SET_CHILD_SUBREAPER)``): an orphaned descendant is
-reparented here instead of to init, so it stays visible. After each test the live
-descendants are listed and the first test after which each was seen is noted; at the
-end of the session the survivors get a few seconds to exit, are then killed and
-reaped, and the session fails naming each one (command line, memory, the test after
-which it was first seen).
+reparented here instead of to init, so it stays visible.
+
+After each test (its fixtures torn down) every process it started that still runs is
+killed and reaped: processes below this one created while the test ran, except this
+process's own ``multiprocessing`` children (an in-process checkpoint save's Manager:
+``multiprocessing`` shuts those down at exit). torchrun starts every rank in a
+session of its own, so killing a launcher's process group misses them and whatever
+they started; this does not. The terminal summary lists what was reaped. At the end of
+the session this process's own ``multiprocessing`` children are shut down; anything
+still alive then gets a few seconds, is killed, and fails the session, named (command
+line, memory, the test after which it was first seen).
 """
 
 from __future__ import annotations
 
 import ctypes
+import multiprocessing
 import os
 import time
 
@@ -30,6 +37,7 @@ GRACE_S = 10.0
 """How long survivors get to exit on their own at the end of the session."""
 
 _first_seen: dict[int, tuple[float, str]] = {}  # pid -> (create_time, test nodeid)
+_reaped: list[str] = []  # what the per-test reaping killed, described
 
 
 def _become_subreaper() -> bool:
@@ -85,8 +93,32 @@ def pytest_sessionstart(session):
     session.config._leftovers_subreaper = _become_subreaper()
 
 
-@pytest.hookimpl(trylast=True)
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item):
+    yield
+    item._leftovers_before = _snapshot()  # after the fixtures: theirs are not the test's
+
+
+def _snapshot() -> set[tuple[int, float]]:
+    out = set()
+    for p in live_descendants():
+        try:
+            out.add((p.pid, p.create_time()))
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def _own_mp_children() -> set[int]:
+    return {p.pid for p in multiprocessing.active_children()}
+
+
+@pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_teardown(item, nextitem):
+    yield
+    before = getattr(item, "_leftovers_before", None)
+    own = _own_mp_children()
+    stray = []
     for p in live_descendants():
         try:
             created = p.create_time()
@@ -95,9 +127,30 @@ def pytest_runtest_teardown(item, nextitem):
         seen = _first_seen.get(p.pid)
         if seen is None or seen[0] != created:  # a pid can be reused
             _first_seen[p.pid] = (created, item.nodeid)
+        if before is not None and (p.pid, created) not in before and p.pid not in own:
+            stray.append(p)
+    if stray:
+        _reaped.extend(f"{_describe(p)} [after {item.nodeid}]" for p in stray)
+        for p in stray:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(stray, timeout=5)
+        _reap_zombies()
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _reaped:
+        terminalreporter.write_sep("-", f"{len(_reaped)} leftover process(es) reaped after tests")
+        for line in _reaped:
+            terminalreporter.write_line(line)
 
 
 def pytest_sessionfinish(session, exitstatus):
+    for child in multiprocessing.active_children():  # ours: shut down as at exit
+        child.terminate()
+        child.join(5)
     end = time.time() + GRACE_S
     survivors = live_descendants()
     while survivors and time.time() < end:

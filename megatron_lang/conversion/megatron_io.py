@@ -69,7 +69,8 @@ def single_process_group(megatron_on_cpu: bool = False) -> Iterator[None]:
 
     Args:
         megatron_on_cpu: also enable megatron_lang's CPU support for megatron-core
-            (needed to build models, not to read or write checkpoints).
+            (needed to build models and for megatron-core's own save, which calls
+            ``torch.cuda.synchronize``; not to read checkpoints).
     """
     import torch.distributed as dist
 
@@ -103,7 +104,8 @@ def save_checkpoint(tensors: dict[str, torch.Tensor], ckpt_dir: Path, num_layers
 
     sharded = {name: sharded_tensor(name, t, num_layers) for name, t in tensors.items()}
     strategy = TorchDistSaveShardedStrategy("torch_dist", 1, thread_count=1)
-    with single_process_group():
+    # megatron-core's save synchronises CUDA (filesystem_async.preload_tensors)
+    with single_process_group(megatron_on_cpu=True):
         dist_checkpointing.save(sharded, str(ckpt_dir), sharded_strategy=strategy)
 
 
