@@ -1,0 +1,400 @@
+"""Chat JSONL → packed, loss-masked Megatron indexed datasets (one output folder).
+
+Pipeline: the main process cuts the inputs into blocks of whole lines; worker processes
+parse, normalise (:mod:`.formats`), render with the chat template and tokenise
+(:mod:`.render`) each block; the main process collects the conversations in input order
+into a temporary unpacked dataset, packs them (:mod:`.packing`), and writes the folder:
+
+``OUT/chat.bin``, ``OUT/chat.idx``
+    token ids; each conversation is one *sequence*, each packed sample one *document*
+    (``document_indices`` mark the samples), so megatron-core's ``IndexedDataset`` reads
+    a sample as ``get(document)`` and its conversations from the sequence lengths.
+``OUT/chat_lossmask.bin``, ``OUT/chat_lossmask.idx``
+    the per-token loss mask (uint8, 1 = the token is a trained target), the same layout.
+``OUT/report.json``
+    what was read, kept, dropped and why, trained tokens, packing efficiency, template,
+    loss mode, tokenizer, sequence length, speed.
+
+The folder appears only when complete (written under a temporary name and renamed).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from megatron_lang.data import readers
+from megatron_lang.data.chat.formats import FORMATS, ChatRecordError, normalise
+from megatron_lang.data.chat.packing import pack_best_fit, packing_efficiency
+from megatron_lang.data.chat.render import (
+    LOSS_MODES,
+    ChatRenderer,
+    TemplateError,
+    resolve_template,
+)
+from megatron_lang.data.indexed import IndexedDatasetWriter, optimal_dtype, read_index
+from megatron_lang.data.preprocess import PreprocessError, _ordered_map
+from megatron_lang.platform.files import atomic_output_dir
+
+logger = logging.getLogger(__name__)
+
+TOKENS_NAME = "chat"
+MASK_NAME = "chat_lossmask"
+REPORT_NAME = "report.json"
+OVERLONG = ("drop", "truncate")
+ON_ERROR = ("fail", "skip")
+_BLOCK_BYTES = 1 << 20
+
+
+@dataclass
+class ChatDataConfig:
+    """One run of the chat data tool (the CLI's options)."""
+
+    inputs: list[str]
+    output: str
+    tokenizer: str
+    seq_length: int = 4096
+    template: str = "auto"
+    loss_mode: str = "assistant"
+    format: str = "auto"
+    overlong: str = "drop"
+    on_error: str = "fail"
+    workers: int = 1
+    exact_render: bool = False
+    overwrite: bool = False
+    max_listed_errors: int = 20
+
+    def check(self) -> None:
+        for name, value, allowed in (
+            ("loss_mode", self.loss_mode, LOSS_MODES),
+            ("format", self.format, FORMATS),
+            ("overlong", self.overlong, OVERLONG),
+            ("on_error", self.on_error, ON_ERROR),
+        ):
+            if value not in allowed:
+                raise PreprocessError(f"{name}={value!r}: expected one of {', '.join(allowed)}")
+        if self.seq_length < 2:
+            raise PreprocessError(f"seq_length={self.seq_length}: must be at least 2")
+        if self.workers < 1:
+            raise PreprocessError(f"workers={self.workers}: must be at least 1")
+
+
+@dataclass
+class BlockResult:
+    """What a worker returns for one block of lines."""
+
+    source: str
+    lines: np.ndarray  # line number of each kept conversation
+    ids: np.ndarray  # all token ids, concatenated
+    mask: np.ndarray  # uint8, same length
+    lengths: np.ndarray  # tokens per conversation
+    errors: list[tuple[str, int, str, str]] = field(default_factory=list)
+    straddling: int = 0
+    turn_ends: Counter = field(default_factory=Counter)
+
+
+_STATE: dict = {}
+
+
+def load_chat_tokenizer(path: str):
+    """A transformers fast tokenizer from a local folder (never the hub)."""
+    from transformers import AutoTokenizer
+
+    if not Path(path).exists():
+        raise PreprocessError(f"tokenizer {path}: no such file or folder")
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except Exception as err:
+        raise PreprocessError(f"tokenizer {path}: cannot load: {err}") from err
+
+
+def _init_worker(config: ChatDataConfig) -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    tokenizer = _STATE.pop("tokenizer", None) or load_chat_tokenizer(config.tokenizer)
+    template = resolve_template(tokenizer, config.template)
+    _STATE["renderer"] = ChatRenderer(
+        tokenizer, template, config.loss_mode, exact=config.exact_render
+    )
+    _STATE["config"] = config
+
+
+def process_block(chunk: readers.Chunk) -> BlockResult:
+    """Parse, validate, render and tokenise one block of JSONL lines."""
+    renderer: ChatRenderer = _STATE["renderer"]
+    config: ChatDataConfig = _STATE["config"]
+    errors = []
+    lines, rendered = [], []
+    for line_no, size in chunk.oversized.items():
+        errors.append((chunk.source, line_no, "line too long", f"{size} bytes"))
+    raw_lines = chunk.payload.split(b"\n") if chunk.payload != b"\n" else []
+    for k, raw in enumerate(raw_lines):
+        line_no = chunk.first_line + k
+        if not raw.strip() or line_no in chunk.oversized:
+            continue
+        try:
+            record = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            errors.append((chunk.source, line_no, "invalid JSON", str(err)))
+            continue
+        try:
+            messages = normalise(record, config.format)
+        except ChatRecordError as err:
+            errors.append((chunk.source, line_no, err.reason, err.detail))
+            continue
+        rendered.append(renderer.render(messages))
+        lines.append(line_no)
+    encoded = renderer.encode(rendered) if rendered else []
+    kept_lines, ids, masks, lengths = [], [], [], []
+    straddling = 0
+    turn_ends: Counter = Counter()
+    for line_no, enc in zip(lines, encoded):
+        if not enc.mask.any():
+            errors.append(
+                (chunk.source, line_no, "no trainable token", "the loss mask is all zeros")
+            )
+            continue
+        if config.loss_mode != "full" and enc.mask.all():
+            raise TemplateError(
+                f"{chunk.source}:{line_no}: every token of the conversation would be trained "
+                f"in loss mode {config.loss_mode!r}: the template does not separate prompts "
+                f"from answers"
+            )
+        kept_lines.append(line_no)
+        ids.append(enc.ids)
+        masks.append(enc.mask)
+        lengths.append(len(enc.ids))
+        straddling += enc.straddling
+        turn_ends.update(enc.turn_ends)
+    return BlockResult(
+        chunk.source,
+        np.asarray(kept_lines, dtype=np.int64),
+        np.concatenate(ids) if ids else np.zeros(0, np.int64),
+        np.concatenate(masks) if masks else np.zeros(0, np.uint8),
+        np.asarray(lengths, dtype=np.int64),
+        errors,
+        straddling,
+        turn_ends,
+    )
+
+
+def _blocks(files: list[Path]):
+    for path in files:
+        yield from readers._jsonl_chunks(path, _BLOCK_BYTES, 64 << 20)
+
+
+def _input_files(inputs: list[str]) -> list[Path]:
+    files = readers.expand_inputs(inputs)
+    bad = [f for f in files if not f.name.lower().endswith(readers.JSONL_SUFFIXES)]
+    if bad:
+        raise PreprocessError(
+            f"{bad[0]}: chat data must be JSONL ({', '.join(readers.JSONL_SUFFIXES)})"
+        )
+    return files
+
+
+def build_chat_dataset(config: ChatDataConfig, progress: bool | None = None) -> dict:
+    """Run the tool; returns the report (also written to ``OUT/report.json``).
+
+    Raises:
+        PreprocessError: bad options, an unreadable input, a bad record with
+            ``on_error="fail"``, or no conversation left; nothing is written then.
+        TemplateError: a template that cannot give a correct loss mask.
+    """
+    from tqdm import tqdm
+
+    config.check()
+    files = _input_files(config.inputs)
+    # Fail early, in this process, on the tokenizer and template.
+    tokenizer = load_chat_tokenizer(config.tokenizer)
+    template = resolve_template(tokenizer, config.template)
+    if config.workers == 1:
+        _STATE["tokenizer"] = tokenizer
+    start = time.perf_counter()
+    dtype = optimal_dtype(len(tokenizer))
+    errors: Counter = Counter()
+    listed: list[str] = []
+    total_bytes = sum(f.stat().st_size for f in files)
+    compressed = any(f.name.endswith((".gz", ".zst")) for f in files)
+    bar = tqdm(
+        total=None if compressed else total_bytes,
+        unit="B",
+        unit_scale=True,
+        desc="chat data",
+        disable=None if progress is None else not progress,
+    )
+    with tempfile.TemporaryDirectory(prefix=".chat-", dir=Path(config.output).parent) as scratch:
+        raw_prefix = Path(scratch) / "unpacked"
+        mask_prefix = Path(scratch) / "unpacked_mask"
+        where: list[tuple[str, np.ndarray]] = []
+        all_lengths: list[np.ndarray] = []
+        straddling = 0
+        turn_ends: Counter = Counter()
+        with (
+            IndexedDatasetWriter(raw_prefix, dtype) as tok_writer,
+            IndexedDatasetWriter(mask_prefix, np.uint8) as mask_writer,
+        ):
+            results = _ordered_map(
+                process_block, _blocks(files), config.workers, _init_worker, (config,)
+            )
+            for chunk_result in results:
+                bar.update(0)
+                for source, line_no, reason, detail in chunk_result.errors:
+                    message = f"{source}:{line_no}: {reason}: {detail}"
+                    if config.on_error == "fail":
+                        raise PreprocessError(
+                            f"{message} (nothing written; --on-error skip counts and skips "
+                            f"such records)"
+                        )
+                    errors[reason] += 1
+                    if len(listed) < config.max_listed_errors:
+                        listed.append(message)
+                n = len(chunk_result.lengths)
+                if n:
+                    ones = np.ones(n, dtype=np.int64)
+                    tok_writer.add_documents(chunk_result.ids, chunk_result.lengths, ones)
+                    mask_writer.add_documents(chunk_result.mask, chunk_result.lengths, ones)
+                    where.append((chunk_result.source, chunk_result.lines))
+                    all_lengths.append(chunk_result.lengths)
+                straddling += chunk_result.straddling
+                turn_ends.update(chunk_result.turn_ends)
+        bar.close()
+        tokenised_s = time.perf_counter() - start
+        lengths = np.concatenate(all_lengths) if all_lengths else np.zeros(0, np.int64)
+        if not len(lengths):
+            raise PreprocessError(
+                f"no usable conversation in {len(files)} input file(s) "
+                f"({sum(errors.values())} skipped: {dict(errors)}); nothing written"
+            )
+        report = _pack_and_write(
+            config, raw_prefix, mask_prefix, lengths, where, errors, listed, template
+        )
+    elapsed = time.perf_counter() - start
+    total_tokens = int(lengths.sum())
+    report["speed"] = {
+        "workers": config.workers,
+        "tokenise_s": round(tokenised_s, 3),
+        "total_s": round(elapsed, 3),
+        "conversations_per_s": round(len(lengths) / tokenised_s, 1),
+        "tokens_per_s": round(total_tokens / tokenised_s, 1),
+    }
+    report["straddling_tokens"] = straddling
+    report["end_of_turn_ids"] = {str(k): v for k, v in turn_ends.most_common()}
+    # The report inside the folder was written by _pack_and_write; add the speed figures.
+    path = Path(config.output) / REPORT_NAME
+    path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    if straddling:
+        logger.warning(
+            "%d token(s) begin in a prompt and end inside an answer: they are not trained "
+            "(a tokenizer merging across the template's boundary)",
+            straddling,
+        )
+    return report
+
+
+def _pack_and_write(
+    config: ChatDataConfig,
+    raw_prefix: Path,
+    mask_prefix: Path,
+    lengths: np.ndarray,
+    where: list,
+    errors: Counter,
+    listed: list[str],
+    template,
+) -> dict:
+    """Drop or truncate what does not fit, pack, and write the output folder."""
+    cap = config.seq_length
+    index = read_index(raw_prefix)
+    tokens = np.memmap(f"{raw_prefix}.bin", dtype=index.dtype, mode="r")
+    masks = np.memmap(f"{mask_prefix}.bin", dtype=np.uint8, mode="r")
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    over = lengths > cap
+    kept_len = lengths.copy()
+    dropped_overlong = 0
+    truncated = 0
+    keep = np.ones(len(lengths), dtype=bool)
+    if over.any():
+        if config.overlong == "drop":
+            keep &= ~over
+            dropped_overlong = int(over.sum())
+        else:
+            for i in np.flatnonzero(over):
+                if masks[starts[i] : starts[i] + cap].any():
+                    kept_len[i] = cap
+                    truncated += 1
+                else:
+                    keep[i] = False
+                    dropped_overlong += 1
+    kept = np.flatnonzero(keep)
+    if not len(kept):
+        raise PreprocessError(
+            f"every conversation is longer than seq_length={cap} tokens; nothing written"
+        )
+    if dropped_overlong or truncated:
+        logger.warning(
+            "%d conversation(s) longer than seq_length=%d tokens: %d dropped, %d truncated "
+            "(--overlong %s; listed by count in report.json)",
+            int(over.sum()),
+            cap,
+            dropped_overlong,
+            truncated,
+            config.overlong,
+        )
+    bins = pack_best_fit(kept_len[kept], cap)
+    out_dir = Path(config.output)
+    trained = 0
+    with atomic_output_dir(out_dir, overwrite=config.overwrite, error=PreprocessError) as tmp:
+        with (
+            IndexedDatasetWriter(tmp / TOKENS_NAME, index.dtype.type) as tok_writer,
+            IndexedDatasetWriter(tmp / MASK_NAME, np.uint8) as mask_writer,
+        ):
+            for members in bins:
+                rows = kept[members]
+                parts_t = [tokens[starts[i] : starts[i] + kept_len[i]] for i in rows]
+                parts_m = [masks[starts[i] : starts[i] + kept_len[i]] for i in rows]
+                seq_lengths = kept_len[rows]
+                mask = np.concatenate(parts_m)
+                trained += int(mask.sum())
+                per_doc = np.array([len(rows)], dtype=np.int64)
+                tok_writer.add_documents(np.concatenate(parts_t), seq_lengths, per_doc)
+                mask_writer.add_documents(mask, seq_lengths, per_doc)
+        total = int(kept_len[kept].sum())
+        report = {
+            "output": str(out_dir),
+            "inputs": [str(p) for p in config.inputs],
+            "config": asdict(config),
+            "template": {"name": template.name, "sha256": template.sha256},
+            "conversations": {
+                "read": int(len(lengths)) + int(sum(errors.values())),
+                "kept": int(len(kept)),
+                "skipped_bad_records": int(sum(errors.values())),
+                "dropped_overlong": dropped_overlong,
+                "truncated": truncated,
+            },
+            "skipped_by_reason": dict(errors),
+            "skipped_examples": listed,
+            "tokens": {"total": total, "trained": trained},
+            "packing": {
+                "samples": len(bins),
+                "seq_length": cap,
+                "efficiency": round(packing_efficiency(kept_len[kept], len(bins), cap), 5),
+            },
+            "loss_mode": config.loss_mode,
+            "tokenizer": config.tokenizer,
+            "label_convention": (
+                "mask[t] = 1: token t is a trained target (predicted from tokens < t of its "
+                "own conversation)"
+            ),
+        }
+        (tmp / REPORT_NAME).write_text(
+            json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
+    del tokens, masks
+    return report
