@@ -73,6 +73,12 @@ class DataConfig:
     which may be read-only or a node-local copy."""
     valid_samples: int | None = None
     """Samples per validation set (None: one pass)."""
+    chat: str | None = None
+    """Instruction tuning: a chat data folder (``tools/preprocess/preprocess_chat.py``) of
+    packed, answer-masked conversations, instead of ``blend``. Each conversation is its own
+    attention segment; the loss is the mean over the global batch's trained tokens."""
+    chat_valid: str | None = None
+    """Held-out conversations (a chat data folder) for the validation loss of a chat run."""
 
 
 @dataclass
@@ -122,6 +128,10 @@ class TrainConfig:
 
     steps: int = 100
     """Optimizer steps in the run."""
+    epochs: float | None = None
+    """With ``data.chat``: the run length in passes over the packed samples; sets
+    ``steps = ceil(epochs x samples / data.global_batch_size)`` (the last step's surplus
+    samples come from the next epoch's order)."""
     seed: int = 1234
     """Seed of weights, dropout and data order."""
     log_interval: int = 1

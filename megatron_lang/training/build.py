@@ -45,6 +45,8 @@ class ModelSource:
     """Original HF config (from the checkpoint), carried into saved checkpoints."""
     tokenizer_dir: str | None
     """Tokenizer files to copy into saved checkpoints."""
+    generation_config: dict[str, Any] | None = None
+    """The source checkpoint's HF ``generation_config.json`` (carried into saved ones)."""
 
 
 def resolve_model(cfg: JobConfig) -> ModelSource:
@@ -72,6 +74,7 @@ def resolve_model(cfg: JobConfig) -> ModelSource:
             m.checkpoint,
             meta.hf_config,
             cfg.data.tokenizer or (str(tok) if tok else None),
+            meta.generation_config,
         )
     if not m.preset:
         raise StartupError("set model.checkpoint (a converted model) or model.preset")
@@ -88,11 +91,11 @@ def resolve_model(cfg: JobConfig) -> ModelSource:
 def needs_arbitrary_mask(cfg: JobConfig) -> bool:
     """Whether the job feeds explicit per-sample attention masks to the model.
 
-    True for the hybrid MNTP and bidirectional objectives and for
-    ``data.document_attention``; such models get megatron-core's local core
+    True for the hybrid MNTP and bidirectional objectives, for
+    ``data.document_attention`` and for chat data (a segment per conversation); such models get megatron-core's local core
     attention (also inside the TransformerEngine spec, see ``models.gpt.layer_spec``).
     """
-    return cfg.objective.enabled or cfg.data.document_attention
+    return cfg.objective.enabled or cfg.data.document_attention or bool(cfg.data.chat)
 
 
 def packed_attention(cfg: JobConfig) -> bool:
@@ -164,6 +167,7 @@ def check_startup(
     except StageError as e:
         raise StartupError(str(e)) from None
     _check_objective(cfg)
+    _check_chat(cfg)
     fmt = cfg.checkpoint.optimizer_format
     if fmt not in ("dp_reshardable", "fully_reshardable"):
         raise StartupError(
@@ -264,6 +268,55 @@ def _check_objective(cfg: JobConfig) -> None:
             f"objective.mask_token_prob={o.mask_token_prob} + random_token_prob="
             f"{o.random_token_prob}: both >= 0 and at most 1 together"
         )
+
+
+def _check_chat(cfg: JobConfig) -> None:
+    """Instruction tuning on chat data: the folders, what combines with them, the run length.
+
+    With ``train.epochs`` this sets ``train.steps`` from the number of packed samples.
+    """
+    import math
+
+    from megatron_lang.data.chat.dataset import ChatDataError, read_report
+
+    d, t = cfg.data, cfg.train
+    if not d.chat:
+        if d.chat_valid:
+            raise StartupError("data.chat_valid is set without data.chat")
+        if t.epochs is not None:
+            raise StartupError(
+                "train.epochs counts passes over chat data (data.chat); a blend's run "
+                "length is train.steps"
+            )
+        return
+    if d.blend:
+        raise StartupError("data.chat and data.blend are both set: a job trains on one of them")
+    if cfg.objective.enabled:
+        raise StartupError(
+            "objective.mntp_fraction/objective.bidirectional do not apply to chat data "
+            "(data.chat): instruction tuning is causal on the answer tokens"
+        )
+    reports = {}
+    for key in ("chat", "chat_valid"):
+        folder = getattr(d, key)
+        if not folder:
+            continue
+        try:
+            reports[key] = read_report(folder)
+        except ChatDataError as e:
+            raise StartupError(f"data.{key}: {e}") from None
+        packed_at = int(reports[key]["packing"]["seq_length"])
+        if packed_at > d.seq_length:
+            raise StartupError(
+                f"data.{key}={folder} was packed into samples of up to {packed_at} tokens, "
+                f"more than data.seq_length={d.seq_length}: rebuild it with "
+                f"tools/preprocess/preprocess_chat.py --seq-length {d.seq_length}"
+            )
+    if t.epochs is not None:
+        if t.epochs <= 0:
+            raise StartupError(f"train.epochs={t.epochs}: must be positive")
+        samples = int(reports["chat"]["packing"]["samples"])
+        t.steps = max(1, math.ceil(t.epochs * samples / d.global_batch_size))
 
 
 def _apex_available() -> bool:

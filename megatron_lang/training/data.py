@@ -61,8 +61,13 @@ def build_train_data(cfg: JobConfig, tokenizer_dir: str | None) -> TrainData:
     from megatron_lang.data.gpt_dataset import TokenIds, build_blend_datasets, check_token_ids
 
     d = cfg.data
+    if d.chat:
+        return build_chat_data(cfg, tokenizer_dir)
     if not d.blend:
-        raise ValueError("data.blend is not set: give a blend spec YAML (see docs/blends.md)")
+        raise ValueError(
+            "data.blend is not set: give a blend spec YAML (see docs/blends.md), or data.chat "
+            "for instruction tuning (docs/sft.md)"
+        )
     spec = BlendSpec.from_yaml(d.blend)
     eod, vocab = tokenizer_ids(tokenizer_dir)
     check_token_ids(spec, vocab)
@@ -96,6 +101,58 @@ def build_train_data(cfg: JobConfig, tokenizer_dir: str | None) -> TrainData:
         train = DocumentSegments(train, eod)
         valid = {name: DocumentSegments(ds, eod) for name, ds in valid.items()}
     return TrainData(train, valid, [s.name for s in spec.sources], eod)
+
+
+def build_chat_data(cfg: JobConfig, tokenizer_dir: str | None) -> TrainData:
+    """Instruction tuning: packed conversations of ``data.chat`` (and ``data.chat_valid``)."""
+    from megatron_lang.data.chat.dataset import ChatSFTDataset
+
+    d = cfg.data
+    eod, vocab = tokenizer_ids(tokenizer_dir)
+    segments = cfg.model.attention == "packed"
+    train = ChatSFTDataset(
+        d.chat,
+        d.seq_length,
+        pad_id=eod,
+        seed=cfg.train.seed,
+        length=cfg.train.steps * d.global_batch_size,
+        segments=segments,
+    )
+    _check_chat_ids(train, vocab)
+    valid = {}
+    if d.chat_valid:
+        valid["chat"] = ChatSFTDataset(
+            d.chat_valid, d.seq_length, pad_id=eod, shuffle=False, segments=segments
+        )
+        _check_chat_ids(valid["chat"], vocab)
+    log.info(
+        "chat data %s: %d packed samples (%d conversations, %d trained tokens), %d steps = "
+        "%.3g epochs",
+        d.chat,
+        train.samples,
+        train.report["conversations"]["kept"],
+        train.report["tokens"]["trained"],
+        cfg.train.steps,
+        cfg.train.steps * d.global_batch_size / train.samples,
+    )
+    return TrainData(train, valid, ["chat"], eod)
+
+
+def _check_chat_ids(ds, vocab: int) -> None:
+    import numpy as np
+
+    from megatron_lang.data.chat.preprocess import TOKENS_NAME
+    from megatron_lang.data.indexed import read_index
+    from megatron_lang.training.build import StartupError
+
+    prefix = ds.folder / TOKENS_NAME
+    ids = np.memmap(f"{prefix}.bin", dtype=read_index(prefix).dtype, mode="r")
+    largest = int(ids.max()) if len(ids) else 0
+    if largest >= vocab:
+        raise StartupError(
+            f"{ds.folder}: token id {largest} is outside the tokenizer's vocabulary ({vocab}): "
+            "the chat data was built with another tokenizer"
+        )
 
 
 def index_cache_dir(cfg: JobConfig) -> Path:

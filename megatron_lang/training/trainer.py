@@ -430,11 +430,17 @@ class Trainer:
         )
 
     def _write_metadata(self, path: Path) -> None:
-        from megatron_lang.checkpointing.metadata import CheckpointMetadata, save_metadata
+        from megatron_lang.checkpointing.metadata import (
+            TOKENIZER_DIR,
+            CheckpointMetadata,
+            save_metadata,
+        )
         from megatron_lang.training.lora import metadata as lora_metadata
 
+        chat = chat_export(self.cfg, self.src.generation_config)
         meta = CheckpointMetadata(
             arch=self.src.arch,
+            generation_config=chat["generation_config"] if chat else self.src.generation_config,
             padded_vocab_size=self.src.padded_vocab,
             dtype={"bf16": "bfloat16", "fp32": "float32"}[self.cfg.model.dtype],
             hf_config=self.src.hf_config,
@@ -446,7 +452,38 @@ class Trainer:
             },
         )
         save_metadata(path, meta, tokenizer_dir=self.src.tokenizer_dir)
+        if chat:
+            write_chat_template(path / TOKENIZER_DIR, chat["template"])
         (path / "job.yaml").write_text(dump_yaml(self.cfg))
+
+
+def chat_export(cfg: JobConfig, generation_config: dict | None) -> dict | None:
+    """For a chat run: the template it trained on and a generation config that stops at the
+    end-of-turn token (first in ``eos_token_id``, the tokenizer's EOS kept after it)."""
+    if not cfg.data.chat:
+        return None
+    from megatron_lang.data.chat.dataset import read_report
+
+    report = read_report(cfg.data.chat)
+    eot = int(report["end_of_turn"]["id"])
+    gen = dict(generation_config or {})
+    old = gen.get("eos_token_id")
+    old = [] if old is None else old if isinstance(old, list) else [old]
+    gen["eos_token_id"] = [eot] + [int(e) for e in old if int(e) != eot]
+    return {"template": report["template"]["jinja"], "generation_config": gen}
+
+
+def write_chat_template(tokenizer_dir: Path, template: str) -> None:
+    """``chat_template.jinja`` beside the tokenizer files (and no other template left in
+    ``tokenizer_config.json``), so ``apply_chat_template`` renders what was trained."""
+    tokenizer_dir.mkdir(parents=True, exist_ok=True)
+    (tokenizer_dir / "chat_template.jinja").write_text(template, encoding="utf-8")
+    config = tokenizer_dir / "tokenizer_config.json"
+    if config.is_file():
+        data = json.loads(config.read_text(encoding="utf-8"))
+        if "chat_template" in data:
+            del data["chat_template"]
+            config.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 def _unwrap(chunk):

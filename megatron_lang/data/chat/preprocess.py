@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from megatron_lang.data import readers
-from megatron_lang.data.chat.formats import FORMATS, ChatRecordError, normalise
+from megatron_lang.data.chat.formats import FORMATS, ChatRecordError, Message, normalise
 from megatron_lang.data.chat.packing import pack_best_fit, packing_efficiency
 from megatron_lang.data.chat.render import (
     LOSS_MODES,
@@ -215,6 +215,9 @@ def build_chat_dataset(config: ChatDataConfig, progress: bool | None = None) -> 
     # Fail early, in this process, on the tokenizer and template.
     tokenizer = load_chat_tokenizer(config.tokenizer)
     template = resolve_template(tokenizer, config.template)
+    probe = ChatRenderer(tokenizer, template, "assistant")
+    probe.render([Message("user", "?"), Message("assistant", "!")])  # refuses a bad template
+    end_of_turn = probe.end_of_turn_id
     if config.workers == 1:
         _STATE["tokenizer"] = tokenizer
     start = time.perf_counter()
@@ -285,8 +288,12 @@ def build_chat_dataset(config: ChatDataConfig, progress: bool | None = None) -> 
         "conversations_per_s": round(len(lengths) / tokenised_s, 1),
         "tokens_per_s": round(total_tokens / tokenised_s, 1),
     }
+    report["end_of_turn"] = {
+        "id": end_of_turn,
+        "token": tokenizer.convert_ids_to_tokens(end_of_turn),
+    }
     report["straddling_tokens"] = straddling
-    report["end_of_turn_ids"] = {str(k): v for k, v in turn_ends.most_common()}
+    report["last_trained_token_counts"] = {str(k): v for k, v in turn_ends.most_common()}
     # The report inside the folder was written by _pack_and_write; add the speed figures.
     path = Path(config.output) / REPORT_NAME
     path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -370,7 +377,7 @@ def _pack_and_write(
             "output": str(out_dir),
             "inputs": [str(p) for p in config.inputs],
             "config": asdict(config),
-            "template": {"name": template.name, "sha256": template.sha256},
+            "template": {"name": template.name, "sha256": template.sha256, "jinja": template.jinja},
             "conversations": {
                 "read": int(len(lengths)) + int(sum(errors.values())),
                 "kept": int(len(kept)),
