@@ -1,0 +1,74 @@
+"""Instruction tuning: packed conversations attend alone, the loss is the global token mean."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+
+from tests._distributed import run_distributed
+from tests.training import _sft_jobs
+
+pytestmark = pytest.mark.distributed
+
+
+@pytest.fixture(scope="session")
+def chat_data(gimp_texts, smollm2_tokenizer_dir, tmp_path_factory) -> dict[str, str]:
+    """Chat folders built from real Danish prose (GIMP manual): "continue this text"
+    conversations of varied length, packed at 256 tokens with SmolLM2's ChatML template."""
+    from megatron_lang.data.chat.preprocess import ChatDataConfig, build_chat_dataset
+
+    root = tmp_path_factory.mktemp("chat-data")
+    danish = gimp_texts[:25]  # the Danish pages
+    sentences = [s.strip() for t in danish for s in re.split(r"(?<=[.!?])\s+", t) if s.strip()]
+    records = []
+    for i in range(0, len(sentences) - 4, 3):
+        take = 1 + i % 3
+        answer = " ".join(sentences[i + 1 : i + 1 + take])[:400]
+        records.append(
+            {
+                "messages": [
+                    {"role": "user", "content": f"Fortsæt teksten: {sentences[i][:200]}"},
+                    {"role": "assistant", "content": answer},
+                ]
+            }
+        )
+    out = {"tokenizer": str(smollm2_tokenizer_dir)}
+    for name, part in (("train", records[:-20]), ("valid", records[-20:])):
+        src = root / f"{name}.jsonl"
+        src.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in part) + "\n")
+        build_chat_dataset(
+            ChatDataConfig([str(src)], str(root / name), str(smollm2_tokenizer_dir), 256),
+            progress=False,
+        )
+        out[name] = str(root / name)
+    return out
+
+
+@pytest.mark.parametrize("layout", ["tp2", "pp2"])
+def test_packed_conversation_logits_equal_alone(chat_data, layout):
+    extra = (
+        {"parallel.tensor_parallel": 2} if layout == "tp2" else {"parallel.pipeline_parallel": 2}
+    )
+    overrides = _sft_jobs.sft_overrides(chat_data, **extra)
+    results = run_distributed(_sft_jobs.packed_vs_alone, 2, overrides)
+    diffs = [d for r in results if r for d in r]
+    assert len(diffs) >= 4
+    assert max(diffs) < 1e-4, diffs
+
+
+def test_loss_is_global_token_mean_whatever_the_micro_batches(chat_data):
+    one = _sft_jobs.sft_overrides(chat_data, **{"data.micro_batch_size": 8})
+    four = _sft_jobs.sft_overrides(chat_data, **{"data.micro_batch_size": 2})
+    a = run_distributed(_sft_jobs.first_step, 1, one)[0]
+    b = run_distributed(_sft_jobs.first_step, 1, four)[0]
+    assert len(a["tokens"]) == 1 and len(b["tokens"]) == 4
+    # the micro-batches carry different numbers of trained tokens: a mean of micro-batch
+    # means would differ from the token mean
+    assert max(b["tokens"]) > 1.2 * min(b["tokens"])
+    assert a["metrics"]["tokens"] == b["metrics"]["tokens"] == sum(b["tokens"])
+    assert a["metrics"]["loss"] == pytest.approx(b["metrics"]["loss"], rel=1e-6)
+    for name, g in a["grads"].items():
+        torch.testing.assert_close(b["grads"][name], g, rtol=1e-5, atol=1e-7, msg=name)
