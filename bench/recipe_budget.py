@@ -81,6 +81,15 @@ RECIPES = (
         "BF16 on the local layer spec (LoRA refuses the TE spec): unfused norms, non-flash "
         "attention and small adapter GEMMs; 30% of the BF16 peak",
     ),
+    Recipe(
+        "snakmodel-sft",
+        "examples/recipes/snakmodel_7b_sft.yaml",
+        "examples/recipes/snakmodel_7b_sft.sbatch",
+        0.30,
+        "BF16 on the local layer spec (LoRA) with PyTorch's varlen flash attention on the "
+        "packed conversations: as Curie, 30% of the BF16 peak; steps are the recipe's "
+        "estimate until the chat data exists (train.epochs: 1 counts them then)",
+    ),
 )
 
 

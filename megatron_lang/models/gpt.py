@@ -92,8 +92,9 @@ def describe_layer_spec(use_te: bool, arbitrary_mask: bool, packed: bool = False
             "padding_causal for causal samples, padding for MNTP/bidirectional ones)"
         ),
         "sdpa-packed": (
-            "PackedDotProductAttention (PyTorch SDPA per document segment, causal or "
-            "bidirectional; no [S, S] mask)"
+            "PackedDotProductAttention (PyTorch varlen flash attention on CUDA bf16/fp16, "
+            "SDPA on runs of equal segments elsewhere; causal or bidirectional per segment; "
+            "no [S, S] mask)"
         ),
         "local": (
             "megatron-core's local DotProductAttention"

@@ -8,6 +8,7 @@ machine cannot run, with a message naming the option.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -167,7 +168,7 @@ def check_startup(
     except StageError as e:
         raise StartupError(str(e)) from None
     _check_objective(cfg)
-    _check_chat(cfg)
+    _check_chat(cfg, need_data=hardware)
     fmt = cfg.checkpoint.optimizer_format
     if fmt not in ("dp_reshardable", "fully_reshardable"):
         raise StartupError(
@@ -270,10 +271,12 @@ def _check_objective(cfg: JobConfig) -> None:
         )
 
 
-def _check_chat(cfg: JobConfig) -> None:
+def _check_chat(cfg: JobConfig, need_data: bool = True) -> None:
     """Instruction tuning on chat data: the folders, what combines with them, the run length.
 
-    With ``train.epochs`` this sets ``train.steps`` from the number of packed samples.
+    With ``train.epochs`` this sets ``train.steps`` from the number of packed samples. A
+    dry run (``need_data=False``) on a machine without the folders checks the rest and
+    keeps ``train.steps``.
     """
     import math
 
@@ -299,7 +302,7 @@ def _check_chat(cfg: JobConfig) -> None:
     reports = {}
     for key in ("chat", "chat_valid"):
         folder = getattr(d, key)
-        if not folder:
+        if not folder or (not need_data and not Path(folder).exists()):
             continue
         try:
             reports[key] = read_report(folder)
@@ -315,6 +318,8 @@ def _check_chat(cfg: JobConfig) -> None:
     if t.epochs is not None:
         if t.epochs <= 0:
             raise StartupError(f"train.epochs={t.epochs}: must be positive")
+        if "chat" not in reports:
+            return
         samples = int(reports["chat"]["packing"]["samples"])
         t.steps = max(1, math.ceil(t.epochs * samples / d.global_batch_size))
 

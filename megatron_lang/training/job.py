@@ -61,7 +61,9 @@ def describe(cfg: JobConfig, world_size: int, assume_cuda_te: bool = False) -> s
             + ("" if o.schedule == "constant" else f" (warmup {o.warmup_steps}, min {o.min_lr:g})")
         )
     ob = cfg.objective
-    if ob.enabled:
+    if d.chat:
+        lines.append(chat_summary(cfg))
+    elif ob.enabled:
         kind = (
             "bidirectional" if ob.bidirectional else f"hybrid, mntp_fraction {ob.mntp_fraction:g}"
         )
@@ -80,6 +82,29 @@ def describe(cfg: JobConfig, world_size: int, assume_cuda_te: bool = False) -> s
 
     lines.append(estimate_memory(cfg, a, src.padded_vocab, world_size).table())
     return "\n".join(lines)
+
+
+def chat_summary(cfg: JobConfig) -> str:
+    """The dry run's line on an instruction-tuning job's data."""
+    from pathlib import Path
+
+    from megatron_lang.data.chat.dataset import read_report
+
+    d = cfg.data
+    if not Path(d.chat).exists():
+        return (
+            f"objective: instruction tuning (answer tokens of {d.chat}: not built yet, so "
+            f"train.steps={cfg.train.steps} is taken as given; train.epochs counts it from "
+            "the data at the start)"
+        )
+    r = read_report(d.chat)
+    epochs = cfg.train.steps * d.global_batch_size / r["packing"]["samples"]
+    return (
+        f"objective: instruction tuning (loss mode {r['loss_mode']}, template "
+        f"{r['template']['name']}): {r['conversations']['kept']} conversations in "
+        f"{r['packing']['samples']} samples (packing {100 * r['packing']['efficiency']:.1f} %), "
+        f"{r['tokens']['trained']} trained tokens per epoch, {epochs:.3g} epochs"
+    )
 
 
 def run(cfg: JobConfig) -> int:

@@ -111,6 +111,26 @@ CASES = [
         ],
         288_358_400,
     ),
+    (
+        "snakmodel_7b_sft.sbatch",
+        1,
+        "TP=1 x PP=1 x CP=1 x DP=8 (8 ranks)",
+        "micro 1 x DP 8 x gradient accumulation 8",
+        [
+            "stage 0 'full': steps 1-3572 (3572 steps, 9.364e+08 tokens), trainable lora, "
+            "lr 0.0002 constant"
+        ],
+        [
+            "objective: instruction tuning (answer tokens of data/snak_sft: not built yet",
+            "lora: rank 128, alpha 16, dropout 0.05, targets linear_qkv, linear_proj, linear_fc1, "
+            "linear_fc2, output_layer",
+            "clip_grad: 0.3",
+            "weight_decay: 0.001",
+            "layer spec on CUDA+TE: local megatron-core linears and norms + "
+            "PackedDotProductAttention (PyTorch varlen flash attention on CUDA bf16/fp16",
+        ],
+        936_378_368,
+    ),
 ]
 
 
@@ -129,6 +149,16 @@ def test_recipe_dry_run(script, nodes, layout, batch, stages, fields, tokens):
     assert float(printed.group(1)) == pytest.approx(tokens, rel=5e-3)  # printed with 3 digits
     assert "memory per GPU (estimate" in out.stdout and "\n  total " in out.stdout
     assert "WARNING:" not in out.stdout  # every recipe fits an H100 by the estimate
+
+
+def test_snakmodel_sft_full_loss_variant_resolves():
+
+    env = {"SLURM_NNODES": "1", "CONFIG": str(RECIPES / "snakmodel_7b_sft_full.yaml")}
+    out = run_script(RECIPES.relative_to(REPO) / "snakmodel_7b_sft.sbatch", env, "--dry-run")
+    assert out.returncode == 0, out.stderr
+    assert "chat: data/snak_sft_full" in out.stdout
+    assert "dir: checkpoints/snakmodel-7b-sft-full" in out.stdout
+    assert "lr 0.0002 constant" in out.stdout
 
 
 def test_default_node_count_is_the_scripts():
@@ -213,9 +243,9 @@ def test_budget_script_prints_the_readme_table():
     rows = [
         line
         for line in readme.splitlines()
-        if re.match(r"\| (snakmodel|normistral|curie) \|", line)
+        if re.match(r"\| (snakmodel|snakmodel-sft|normistral|curie) \|", line)
     ]
-    assert len(rows) == 5
+    assert len(rows) == 6
     for row in rows:
         assert row in out, row
 
