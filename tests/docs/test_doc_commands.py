@@ -454,6 +454,10 @@ RUNS: dict[str, dict[str, set[str]]] = {
         "tools/preprocess/preprocess_data.py": {
             "--input", "--output-prefix", "--tokenizer", "--on-error"},
     },
+    "tests/data/chat/test_preprocess_chat.py::test_workers_give_identical_files": {
+        "tools/preprocess/preprocess_chat.py": {
+            "--input", "--output", "--tokenizer", "--workers", "--seq-length"},
+    },
     "tests/tools/test_preprocess_cli.py::test_validate_cli": {
         "tools/preprocess/validate_dataset.py": set()},
     "tests/tools/test_preprocess_cli.py::test_inspect_cli": {
@@ -608,6 +612,7 @@ COVERAGE: dict[tuple[str, str], list[str]] = {
     ("docs/embedding_init.md", "tools/convert_hf/hf_to_megatron.py"): _HF2M,
     ("docs/embedding_init.md", "tools/convert_hf/remap_vocab.py"): _RV,
     ("docs/training.md", "megatron_lang.train"): [_TRAIN],
+    ("docs/sft.md", "megatron_lang.train"): [_TRAIN],
     ("docs/training.md", "examples/train_single_node.sh"): [_LAUNCH],
     ("docs/training.md", "examples/train_multinode.sh"): [_LAUNCH],
     ("docs/training.md", "examples/slurm/train.sbatch"): [_LAUNCH],
@@ -640,6 +645,9 @@ COVERAGE: dict[tuple[str, str], list[str]] = {
     ("docs/README.md", "examples/demo.sh"): [DEMO_TEST],
     ("docs/demo.md", "examples/demo.sh"): [DEMO_TEST],
     ("docs/conversion.md", "tools/convert_hf/gguf_to_hf.py"): [DEMO_TEST],
+    ("docs/sft.md", "tools/preprocess/preprocess_chat.py"): [
+        "tests/data/chat/test_preprocess_chat.py::test_workers_give_identical_files"
+    ],
     ("docs/data.md", "tools/preprocess/split_corpus.py"): [
         "tests/data/test_langfilter.py::test_split_jsonl"
     ],
