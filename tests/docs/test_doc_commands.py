@@ -458,6 +458,10 @@ RUNS: dict[str, dict[str, set[str]]] = {
         "tools/preprocess/preprocess_chat.py": {
             "--input", "--output", "--tokenizer", "--workers", "--seq-length"},
     },
+    "tests/data/test_ddtp.py::test_cli": {
+        "tools/preprocess/build_ddtp_instructions.py": {
+            "--output", "--limit", "--tasks", "--locale-dir", "--lists-dir"},
+    },
     "tests/tools/test_preprocess_cli.py::test_validate_cli": {
         "tools/preprocess/validate_dataset.py": set()},
     "tests/tools/test_preprocess_cli.py::test_inspect_cli": {
@@ -559,6 +563,9 @@ NOT_RUN: dict[str | tuple[str, str], str] = {
     "awk": "splits the user's corpus (every 5th line held out) in docs/tokenizer.md; the "
     "tested tool for such a split is tools/preprocess/split_corpus.py "
     "(tests/data/test_langfilter.py::test_split_jsonl)",
+    ("docs/data.md", "sudo"): "apt-get update -o Acquire::Languages=da,en changes the "
+    "machine's apt lists (root); tests/data/test_ddtp.py::test_real_apt_lists reads them "
+    "where present and builds synthetic lists otherwise",
     ("docs/analysis.md", "python -c"): "creates the tiny random Llama of the recipe; "
     "tests/docs/test_doc_runs.py::test_tiny_divergence_recipe calls the same "
     "make_hf_model('llama2', ...) directly, not through python -c",
@@ -646,6 +653,12 @@ COVERAGE: dict[tuple[str, str], list[str]] = {
     ("docs/demo.md", "examples/demo.sh"): [DEMO_TEST],
     ("docs/conversion.md", "tools/convert_hf/gguf_to_hf.py"): [DEMO_TEST],
     ("docs/sft.md", "tools/preprocess/preprocess_chat.py"): [
+        "tests/data/chat/test_preprocess_chat.py::test_workers_give_identical_files"
+    ],
+    ("docs/data.md", "tools/preprocess/build_ddtp_instructions.py"): [
+        "tests/data/test_ddtp.py::test_cli"
+    ],
+    ("docs/data.md", "tools/preprocess/preprocess_chat.py"): [
         "tests/data/chat/test_preprocess_chat.py::test_workers_give_identical_files"
     ],
     ("docs/data.md", "tools/preprocess/split_corpus.py"): [
