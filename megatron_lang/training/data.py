@@ -122,7 +122,12 @@ def build_chat_data(cfg: JobConfig, tokenizer_dir: str | None) -> TrainData:
     valid = {}
     if d.chat_valid:
         valid["chat"] = ChatSFTDataset(
-            d.chat_valid, d.seq_length, pad_id=eod, shuffle=False, segments=segments
+            d.chat_valid,
+            d.seq_length,
+            pad_id=eod,
+            shuffle=False,
+            segments=segments,
+            pad_to=d.global_batch_size,
         )
         _check_chat_ids(valid["chat"], vocab)
     log.info(

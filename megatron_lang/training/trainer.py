@@ -360,6 +360,11 @@ class Trainer:
         try:
             for name, ds in self.data.valid.items():
                 steps = min(self.cfg.train.eval_steps, len(ds) // per_step)
+                if getattr(ds, "padded", False) and steps * per_step < ds.samples:
+                    log.warning(
+                        "validation set %s: train.eval_steps=%d covers %d of its %d samples",
+                        name, steps, steps * per_step, ds.samples,
+                    )  # fmt: skip
                 if steps == 0:
                     log.warning(
                         "validation set %s has fewer than %d samples: skipped", name, per_step

@@ -72,3 +72,46 @@ def test_loss_is_global_token_mean_whatever_the_micro_batches(chat_data):
     assert a["metrics"]["loss"] == pytest.approx(b["metrics"]["loss"], rel=1e-6)
     for name, g in a["grads"].items():
         torch.testing.assert_close(b["grads"][name], g, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def _steps(history: list[dict]) -> list[tuple[int, float]]:
+    return [(h["step"], h["loss"]) for h in history if "loss" in h]
+
+
+def test_dp2_chat_run_over_two_epochs_resumes_bitwise(chat_data, tmp_path):
+    """Full fine-tuning at DP=2 with the distributed optimizer for two epochs (epoch
+    boundary inside the run, each epoch its own shuffle): resuming the step-3 checkpoint
+    repeats the uninterrupted losses exactly, and validation loss is reported."""
+    import shutil
+
+    from megatron_lang.data.chat.dataset import read_report
+    from tests.training import _jobs
+
+    samples = int(read_report(chat_data["train"])["packing"]["samples"])
+    ckpt = tmp_path / "ckpt"
+    overrides = _sft_jobs.sft_overrides(
+        chat_data,
+        **{
+            "train.epochs": 2,
+            "data.global_batch_size": 16,
+            "data.micro_batch_size": 8,
+            "checkpoint.dir": ckpt,
+            "checkpoint.save_interval": 3,
+            "train.eval_interval": 3,
+            "train.eval_steps": 1,
+        },
+    )
+    full = run_distributed(_jobs.train, 2, overrides)[0]
+    losses = _steps(full)
+    steps = -(-2 * samples // 16)
+    assert [s for s, _ in losses] == list(range(1, steps + 1))
+    assert steps > 4 and samples // 16 >= 3  # the resume point is in epoch 1, epoch 2 follows
+    valid = [h for h in full if any(k.startswith("valid") for k in h)]
+    assert valid, full
+    resumed_dir = tmp_path / "resume"
+    resumed_dir.mkdir()
+    shutil.copytree(ckpt / "iter_0000003", resumed_dir / "iter_0000003")
+    (resumed_dir / "latest").write_text("iter_0000003\n")
+    args = [a for a in overrides if not a.startswith("checkpoint.dir=")]
+    resumed = run_distributed(_jobs.train, 2, [*args, f"checkpoint.dir={resumed_dir}"])[0]
+    assert _steps(resumed) == losses[3:]  # bitwise: same floats, same steps

@@ -62,6 +62,9 @@ class ChatSFTDataset:
         segments: carry ``segments`` for packed attention; False: a dense block-causal
             ``attention_mask [1, S, S]`` (``model.attention: dense``, megatron-core's
             convention True = masked out).
+        pad_to: validation sets: every sample once, in order, followed by empty items (no
+            trained token) up to a multiple of this (the global batch), so that a held-out
+            set smaller than a global batch is still evaluated, each sample exactly once.
     """
 
     def __init__(
@@ -73,6 +76,7 @@ class ChatSFTDataset:
         length: int | None = None,
         shuffle: bool = True,
         segments: bool = True,
+        pad_to: int | None = None,
     ) -> None:
         from megatron.core.datasets.indexed_dataset import IndexedDataset
 
@@ -100,6 +104,11 @@ class ChatSFTDataset:
         self.seq_length, self.pad_id, self.seed = seq_length, pad_id, seed
         self.length = self.samples if length is None else length
         self.shuffle, self.with_segments = shuffle, segments
+        self.padded = pad_to is not None
+        if self.padded:
+            if shuffle or length is not None:
+                raise ValueError("pad_to is for unshuffled validation sets of one pass")
+            self.length = -(-self.samples // pad_to) * pad_to
 
     def __len__(self) -> int:
         return self.length
@@ -117,6 +126,11 @@ class ChatSFTDataset:
         return int(self._order(index // self.samples)[index % self.samples])
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        if self.padded and self.samples <= index < self.length:
+            empty = np.zeros(1, dtype=np.float32)
+            one = np.ones(1, dtype=np.int64)
+            return build_item(one * self.pad_id, empty, one, self.seq_length, self.pad_id,
+                              self.with_segments)  # fmt: skip
         d = self.sample_of(index)
         first, last = int(self.tokens.document_indices[d]), int(self.tokens.document_indices[d + 1])
         lens = self.tokens.sequence_lengths[first:last].astype(np.int64)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from megatron_lang.data.chat.packing import pack_best_fit
 from tools.preprocess import preprocess_chat
@@ -113,6 +114,21 @@ def test_formats_packed_and_read_by_megatron_core(tmp_path, smollm2_tokenizer_di
     assert sorted(seen) == sorted(expected * 25)
     assert report["tokens"]["trained"] == int(sum(masks[s].sum() for s in range(len(masks))))
     assert report["packing"]["efficiency"] > 0.9
+    # A validation set padded to a global batch: every sample once, in order, then empty
+    # items; its loss mask counts each trained token exactly once.
+    from megatron_lang.data.chat.dataset import ChatSFTDataset
+
+    plain = ChatSFTDataset(out, 256, pad_id=0, shuffle=False)
+    padded = ChatSFTDataset(out, 256, pad_id=0, shuffle=False, pad_to=7)
+    n = plain.samples
+    assert len(padded) % 7 == 0 and n < len(padded) < n + 7
+    for i in range(n):
+        assert all(torch.equal(padded[i][k], plain[i][k]) for k in plain[i])
+    assert all(padded[i]["loss_mask"].sum() == 0 for i in range(n, len(padded)))
+    assert (
+        sum(float(padded[i]["loss_mask"].sum()) for i in range(len(padded)))
+        == (report["tokens"]["trained"])
+    )
 
 
 @pytest.mark.parametrize("reason", list(BAD))
