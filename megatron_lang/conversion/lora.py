@@ -25,7 +25,12 @@ from pathlib import Path
 
 import torch
 
-from megatron_lang.checkpointing.metadata import CheckpointMetadata, load_metadata
+from megatron_lang.checkpointing.metadata import (
+    CheckpointMetadata,
+    copy_tokenizer_files,
+    load_metadata,
+    tokenizer_path,
+)
 from megatron_lang.conversion.families import FAMILIES
 from megatron_lang.conversion.mapping import ConversionError, dims, expand
 from megatron_lang.conversion.megatron_io import load_tensors
@@ -150,7 +155,8 @@ def export_peft(
 
     ``adapter_config.json`` and ``adapter_model.safetensors`` with PEFT's key names
     (``base_model.model.model.layers.{i}.self_attn.q_proj.lora_A.weight`` …), loadable
-    with ``peft.PeftModel.from_pretrained(hf_base_model, out_dir)``.
+    with ``peft.PeftModel.from_pretrained(hf_base_model, out_dir)``; the checkpoint's
+    tokenizer files beside them (a chat run's ``chat_template.jinja`` included).
 
     Raises:
         ConversionError: the checkpoint has no adapters, or an unsupported family.
@@ -197,6 +203,9 @@ def export_peft(
     with atomic_output_dir(out_dir, overwrite) as tmp:
         save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
         (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
+        tok = tokenizer_path(ckpt_dir)
+        if tok is not None:  # as TRL/PEFT save them: the trained chat template travels along
+            copy_tokenizer_files(tok, tmp)
     log.info(
         "exported PEFT adapter %s: %d tensors, targets %s in %.1f s",
         out_dir,

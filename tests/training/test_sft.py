@@ -115,3 +115,51 @@ def test_dp2_chat_run_over_two_epochs_resumes_bitwise(chat_data, tmp_path):
     args = [a for a in overrides if not a.startswith("checkpoint.dir=")]
     resumed = run_distributed(_jobs.train, 2, [*args, f"checkpoint.dir={resumed_dir}"])[0]
     assert _steps(resumed) == losses[3:]  # bitwise: same floats, same steps
+
+
+def test_chat_lora_with_output_layer_at_tp2_learns_and_exports_the_chat_format(chat_data, tmp_path):
+    """SnakModel's LoRA (all linear layers and the output layer) on chat data at TP=2:
+    the answer loss falls; the merged model and the PEFT adapter both carry the trained
+    chat template, and the merged model's generation config stops at the end-of-turn."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from megatron_lang.data.chat.dataset import read_report
+    from tests.training import _jobs
+    from tools.convert_hf import export_lora
+
+    ckpt = tmp_path / "ckpt"
+    targets = "[linear_qkv,linear_proj,linear_fc1,linear_fc2,output_layer]"
+    overrides = _sft_jobs.sft_overrides(
+        chat_data,
+        **{
+            "parallel.tensor_parallel": 2,
+            "lora.enabled": "true",
+            "lora.rank": 8,
+            "lora.alpha": 16,
+            "lora.target_modules": targets,
+            "optimizer.lr": 1e-2,
+            "train.steps": 5,
+            "train.eval_at_start": "true",
+            "checkpoint.dir": ckpt,
+        },
+    )
+    history = run_distributed(_jobs.train, 2, overrides)[0]
+    valid = [h["valid/chat/loss"] for h in history if "valid/chat/loss" in h]
+    assert len(valid) == 2 and valid[-1] < valid[0] - 0.05, valid
+    final = ckpt / (ckpt / "latest").read_text().strip()
+    merged, peft = tmp_path / "merged", tmp_path / "peft"
+    assert export_lora.main(
+        ["--ckpt", str(final), "--merged", str(merged), "--peft", str(peft)]
+    ) == 0  # fmt: skip
+    report = read_report(chat_data["train"])
+    template = report["template"]["jinja"]
+    messages = [{"role": "user", "content": "Hej"}, {"role": "assistant", "content": "Goddag"}]
+    for folder in (merged, peft):
+        assert (folder / "chat_template.jinja").read_text() == template, folder
+        tok = AutoTokenizer.from_pretrained(folder)
+        assert tok.chat_template == template
+        assert tok.apply_chat_template(messages, tokenize=False).endswith("Goddag<|im_end|>\n")
+    gen = GenerationConfig.from_pretrained(merged)
+    assert gen.eos_token_id[0] == report["end_of_turn"]["id"]
+    adapter = json.loads((peft / "adapter_config.json").read_text())
+    assert "lm_head" in adapter["target_modules"]
