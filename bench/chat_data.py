@@ -5,8 +5,10 @@ Builds the English→Danish translation conversations of Debian's package descri
 into a temporary folder (never into the repository), then runs
 ``tools/preprocess/preprocess_chat.py`` on them with SmolLM2's tokenizer and its own
 ChatML template, answer-only loss, packed at ``--seq-length`` (default 2048), with 1
-and 2 workers. It prints conversations/s and tokens/s (tokenising; and the whole run
-with packing and writing), packing efficiency and the conversations that did not fit.
+and 2 workers. It prints the token backend the tool chose (``--backend auto``: gigatoken
+when it matches HF on a verification sample), conversations/s and tokens/s (tokenising;
+and the whole run with packing and writing), packing efficiency and the conversations
+that did not fit.
 
 The reference is TRL 1.16's ``SFTTrainer`` on the same kind of data and machine. The
 issue that set the target measured it preparing ~50k DDTP translation conversations
@@ -109,18 +111,25 @@ def main(argv: list[str] | None = None) -> int:
             for n in ("chat.bin", "chat_lossmask.bin", "chat.idx")
         )
         print(f"\nchat data tool, SmolLM2 ChatML, answer-only loss, seq_length {args.seq_length}")
-        print("| workers | conversations/s | tokens/s | end to end s | packing | samples | "
-              "dropped (too long) | trained tokens |")  # fmt: skip
-        print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        print("| workers | backend | conversations/s | tokens/s | end to end s | packing | "
+              "samples | dropped (too long) | trained tokens |")  # fmt: skip
+        print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for workers, r in rows:
             s, c = r["speed"], r["conversations"]
+            backend = r.get("backend", {}).get("name", "?")
             print(
-                f"| {workers} | {s['conversations_per_s']:,.0f} | {s['tokens_per_s']:,.0f} | "
+                f"| {workers} | {backend} | {s['conversations_per_s']:,.0f} | {s['tokens_per_s']:,.0f} | "
                 f"{r['wall_s']:.1f} | {100 * r['packing']['efficiency']:.2f} % | "
                 f"{r['packing']['samples']:,} | {c['dropped_overlong']} | "
                 f"{r['tokens']['trained']:,} of {r['tokens']['total']:,} |"
             )
         print(f"outputs of 1 and 2 workers identical: {same}")
+        for workers, r in rows:
+            b = r.get("backend", {})
+            print(
+                f"backend ({workers} worker(s)): {b.get('name')}: {b.get('reason')}; "
+                f"conversations re-encoded with HF: {b.get('conversations_on_hf')}"
+            )
         ref = TRL_REFERENCE
         one, two = rows[0][1]["speed"]["conversations_per_s"], rows[1][1]["speed"]
         print(

@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     from megatron_lang.data.chat.formats import FORMATS
     from megatron_lang.data.chat.render import LOSS_MODES
     from megatron_lang.data.chat.templates import NAMED_TEMPLATES
+    from megatron_lang.data.chat.tokens import BACKENDS
 
     p = argparse.ArgumentParser(
         prog="preprocess_chat.py",
@@ -80,6 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="render every conversation with Jinja (for templates that depend on the content)",
     )
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="token ids and offsets: auto (gigatoken when it matches HF on a verification "
+        "sample, else HF; default), hf (the tokenizers library, the reference), gigatoken "
+        "(forced; still verified)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -107,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         on_error=args.on_error,
         workers=args.workers or default_workers(),
         exact_render=args.exact_render,
+        backend=args.backend,
         overwrite=args.overwrite,
     )
     try:
@@ -114,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     except (PreprocessError, TemplateError, InputError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    keys = ("conversations", "tokens", "packing", "speed")
+    keys = ("conversations", "tokens", "packing", "speed", "backend")
     print(json.dumps({k: report[k] for k in keys} | {"report": f"{args.output}/report.json"}))
     return 0
 

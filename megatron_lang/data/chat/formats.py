@@ -80,6 +80,13 @@ def _message_list(items: object, where: str, role_key: str, text_key: str, roles
         raise ChatRecordError("not a list", f"'{where}' is {type(items).__name__}, not a list")
     out = []
     for i, item in enumerate(items):
+        if type(item) is dict:  # the usual case, checked with the fewest steps
+            role = item.get(role_key)
+            text = item.get(text_key)
+            known = roles.get(role) if type(role) is str else None
+            if known is not None and type(text) is str:
+                out.append(Message(known, text))
+                continue
         if not isinstance(item, dict):
             raise ChatRecordError("not an object", f"{where}[{i}] is not an object")
         if role_key not in item:
@@ -158,6 +165,8 @@ def normalise(record: object, fmt: str = "auto") -> list[Message]:
 
 def _visible(text: str) -> bool:
     """Whether ``text`` has a character that is neither whitespace nor a format character."""
+    if text.lstrip()[:1].isalnum():  # the usual case; letters and digits are never Cf
+        return True
     return any(not c.isspace() and unicodedata.category(c) != "Cf" for c in text)
 
 

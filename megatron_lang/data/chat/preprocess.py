@@ -26,7 +26,7 @@ import os
 import tempfile
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,12 @@ from megatron_lang.data.chat.render import (
     ChatRenderer,
     TemplateError,
     resolve_template,
+)
+from megatron_lang.data.chat.tokens import (
+    BACKENDS,
+    VERIFICATION_CONTENTS,
+    ByteLevelEncoder,
+    same_encoding,
 )
 from megatron_lang.data.indexed import IndexedDatasetWriter, optimal_dtype, read_index
 from megatron_lang.data.preprocess import PreprocessError, _ordered_map
@@ -69,6 +75,7 @@ class ChatDataConfig:
     on_error: str = "fail"
     workers: int = 1
     exact_render: bool = False
+    backend: str = "auto"
     overwrite: bool = False
     max_listed_errors: int = 20
 
@@ -78,6 +85,7 @@ class ChatDataConfig:
             ("format", self.format, FORMATS),
             ("overlong", self.overlong, OVERLONG),
             ("on_error", self.on_error, ON_ERROR),
+            ("backend", self.backend, BACKENDS),
         ):
             if value not in allowed:
                 raise PreprocessError(f"{name}={value!r}: expected one of {', '.join(allowed)}")
@@ -99,13 +107,23 @@ class BlockResult:
     errors: list[tuple[str, int, str, str]] = field(default_factory=list)
     straddling: int = 0
     turn_ends: Counter = field(default_factory=Counter)
+    fallbacks: int = 0  # conversations the fast encoder handed to HF
 
 
 _STATE: dict = {}
 
 
-def load_chat_tokenizer(path: str):
-    """A transformers fast tokenizer from a local folder (never the hub)."""
+def load_chat_tokenizer(path: str, cls: tuple[str, str] | None = None):
+    """A transformers fast tokenizer from a local folder (never the hub).
+
+    ``cls`` (module, class name), as the main process's ``AutoTokenizer`` resolved it, lets
+    worker processes load the same class directly: ``AutoTokenizer`` imports torch.
+    """
+    if cls is not None:
+        import importlib
+
+        tokenizer_class = getattr(importlib.import_module(cls[0]), cls[1])
+        return tokenizer_class.from_pretrained(path, local_files_only=True)
     from transformers import AutoTokenizer
 
     if not Path(path).exists():
@@ -116,28 +134,74 @@ def load_chat_tokenizer(path: str):
         raise PreprocessError(f"tokenizer {path}: cannot load: {err}") from err
 
 
-def _init_worker(config: ChatDataConfig) -> None:
+def _init_worker(config: ChatDataConfig, tokenizer_class: tuple[str, str] | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    tokenizer = _STATE.pop("tokenizer", None) or load_chat_tokenizer(config.tokenizer)
+    tokenizer = _STATE.pop("tokenizer", None) or load_chat_tokenizer(
+        config.tokenizer, tokenizer_class
+    )
     template = resolve_template(tokenizer, config.template)
+    fast = _STATE.pop("fast", None)
+    if fast is None and config.backend == "gigatoken":  # chosen (and verified) by the main process
+        fast = ByteLevelEncoder(tokenizer.backend_tokenizer)
     _STATE["renderer"] = ChatRenderer(
-        tokenizer, template, config.loss_mode, exact=config.exact_render
+        tokenizer, template, config.loss_mode, exact=config.exact_render, fast=fast
     )
     _STATE["config"] = config
 
 
-def process_block(chunk: readers.Chunk) -> BlockResult:
-    """Parse, validate, render and tokenise one block of JSONL lines."""
-    renderer: ChatRenderer = _STATE["renderer"]
-    config: ChatDataConfig = _STATE["config"]
+SAMPLE_CONVERSATIONS = 256  # conversations from the input in the verification sample
+
+
+def choose_backend(
+    tokenizer, template, config: ChatDataConfig, files: list[Path]
+) -> tuple[ByteLevelEncoder | None, str]:
+    """The fast encoder (gigatoken, byte offsets) when it loads and gives exactly HF's ids,
+    masks, straddling counts and end-of-turn ids on the verification sample (fixed
+    conversations plus the first ones of the input); else None (HF). Returns the reason.
+
+    Raises:
+        PreprocessError: ``backend="gigatoken"`` and the fast encoder cannot be used.
+    """
+    if config.backend == "hf":
+        return None, "hf requested"
+    try:
+        fast = ByteLevelEncoder(tokenizer.backend_tokenizer)
+    except Exception as err:  # not byte-level BPE, or gigatoken refuses it
+        first_line = (str(err).strip().splitlines() or [""])[0]
+        fast, problem = None, f"gigatoken cannot be used: {type(err).__name__}: {first_line}"
+    else:
+        reference = ChatRenderer(tokenizer, template, config.loss_mode, exact=config.exact_render)
+        fixed = [[Message("user", u), Message("assistant", a)] for u, a in VERIFICATION_CONTENTS]
+        rendered = [reference.render(m) for m in fixed]
+        for chunk in _blocks(files[:1]):
+            rendered += _parse(chunk, reference, config, limit=SAMPLE_CONVERSATIONS)[2]
+            break
+        candidate = ChatRenderer(tokenizer, template, config.loss_mode, fast=fast)
+        problem = same_encoding(candidate.encode_flat(rendered), reference.encode_flat(rendered))
+        if problem is not None:
+            problem = f"gigatoken differs from HF on the verification sample: {problem}"
+    if problem is None:
+        return fast, (
+            f"gigatoken matched HF ids and masks on {len(rendered)} verification conversations"
+        )
+    if config.backend == "gigatoken":
+        raise PreprocessError(f"--backend gigatoken: {problem}")
+    logger.info("tokenizer %s: %s; using hf", config.tokenizer, problem)
+    return None, f"{problem}; using hf"
+
+
+def _parse(chunk: readers.Chunk, renderer: ChatRenderer, config: ChatDataConfig, limit=None):
+    """Parse, validate and render the lines of a block: (errors, line numbers, renders)."""
     errors = []
     lines, rendered = [], []
     for line_no, size in chunk.oversized.items():
         errors.append((chunk.source, line_no, "line too long", f"{size} bytes"))
     raw_lines = chunk.payload.split(b"\n") if chunk.payload != b"\n" else []
+    oversized = chunk.oversized
+    first = chunk.first_line
     for k, raw in enumerate(raw_lines):
-        line_no = chunk.first_line + k
-        if not raw.strip() or line_no in chunk.oversized:
+        line_no = first + k
+        if not raw.strip() or (oversized and line_no in oversized):
             continue
         try:
             record = json.loads(raw)
@@ -151,37 +215,58 @@ def process_block(chunk: readers.Chunk) -> BlockResult:
             continue
         rendered.append(renderer.render(messages))
         lines.append(line_no)
-    encoded = renderer.encode(rendered) if rendered else []
-    kept_lines, ids, masks, lengths = [], [], [], []
-    straddling = 0
-    turn_ends: Counter = Counter()
-    for line_no, enc in zip(lines, encoded):
-        if not enc.mask.any():
-            errors.append(
-                (chunk.source, line_no, "no trainable token", "the loss mask is all zeros")
-            )
-            continue
-        if config.loss_mode != "full" and enc.mask.all():
+        if limit is not None and len(rendered) >= limit:
+            break
+    return errors, lines, rendered
+
+
+def process_block(chunk: readers.Chunk) -> BlockResult:
+    """Parse, validate, render and tokenise one block of JSONL lines."""
+    renderer: ChatRenderer = _STATE["renderer"]
+    config: ChatDataConfig = _STATE["config"]
+    errors, lines, rendered = _parse(chunk, renderer, config)
+    lines = np.asarray(lines, dtype=np.int64)
+    if not rendered:
+        return BlockResult(chunk.source, lines, np.zeros(0, np.int64), np.zeros(0, np.uint8),
+                           np.zeros(0, np.int64), errors)  # fmt: skip
+    before = renderer.fallbacks
+    flat = renderer.encode_flat(rendered)
+    fallbacks = renderer.fallbacks - before
+    lengths = flat.lengths
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    csum = np.zeros(len(flat.mask) + 1, dtype=np.int64)
+    np.cumsum(flat.mask, out=csum[1:])
+    trained = csum[offsets[1:]] - csum[offsets[:-1]]
+    if config.loss_mode != "full":
+        every = np.flatnonzero((trained == lengths) & (lengths > 0))
+        if len(every):
             raise TemplateError(
-                f"{chunk.source}:{line_no}: every token of the conversation would be trained "
-                f"in loss mode {config.loss_mode!r}: the template does not separate prompts "
-                f"from answers"
+                f"{chunk.source}:{lines[every[0]]}: every token of the conversation would be "
+                f"trained in loss mode {config.loss_mode!r}: the template does not separate "
+                f"prompts from answers"
             )
-        kept_lines.append(line_no)
-        ids.append(enc.ids)
-        masks.append(enc.mask)
-        lengths.append(len(enc.ids))
-        straddling += enc.straddling
-        turn_ends.update(enc.turn_ends)
+    keep = trained > 0
+    for i in np.flatnonzero(~keep):
+        errors.append(
+            (chunk.source, int(lines[i]), "no trainable token", "the loss mask is all zeros")
+        )
+    if keep.all():
+        ids, mask, straddling = flat.ids, flat.mask, int(flat.straddling.sum())
+        turn_ids = flat.turn_end_ids
+    else:
+        per_token = np.repeat(keep, lengths)
+        ids, mask = flat.ids[per_token], flat.mask[per_token]
+        lines, lengths = lines[keep], lengths[keep]
+        straddling = int(flat.straddling[keep].sum())
+        turn_ids = flat.turn_end_ids[keep[flat.span_conv]]
+    values, first, counts = np.unique(
+        turn_ids[turn_ids >= 0], return_index=True, return_counts=True
+    )
+    order = np.argsort(first, kind="stable")  # first appearance, as Counter.update counts
+    turn_ends = Counter(dict(zip(values[order].tolist(), counts[order].tolist())))
     return BlockResult(
-        chunk.source,
-        np.asarray(kept_lines, dtype=np.int64),
-        np.concatenate(ids) if ids else np.zeros(0, np.int64),
-        np.concatenate(masks) if masks else np.zeros(0, np.uint8),
-        np.asarray(lengths, dtype=np.int64),
-        errors,
-        straddling,
-        turn_ends,
+        chunk.source, lines, ids, mask, lengths, errors, straddling, turn_ends, fallbacks
     )
 
 
@@ -218,8 +303,11 @@ def build_chat_dataset(config: ChatDataConfig, progress: bool | None = None) -> 
     probe = ChatRenderer(tokenizer, template, "assistant")
     probe.render([Message("user", "?"), Message("assistant", "!")])  # refuses a bad template
     end_of_turn = probe.end_of_turn_id
+    fast, backend_reason = choose_backend(tokenizer, template, config, files)
+    worker_config = replace(config, backend="hf" if fast is None else "gigatoken")
     if config.workers == 1:
         _STATE["tokenizer"] = tokenizer
+        _STATE["fast"] = fast
     start = time.perf_counter()
     dtype = optimal_dtype(len(tokenizer))
     errors: Counter = Counter()
@@ -239,13 +327,18 @@ def build_chat_dataset(config: ChatDataConfig, progress: bool | None = None) -> 
         where: list[tuple[str, np.ndarray]] = []
         all_lengths: list[np.ndarray] = []
         straddling = 0
+        fallbacks = 0
         turn_ends: Counter = Counter()
         with (
             IndexedDatasetWriter(raw_prefix, dtype) as tok_writer,
             IndexedDatasetWriter(mask_prefix, np.uint8) as mask_writer,
         ):
             results = _ordered_map(
-                process_block, _blocks(files), config.workers, _init_worker, (config,)
+                process_block,
+                _blocks(files),
+                config.workers,
+                _init_worker,
+                (worker_config, (type(tokenizer).__module__, type(tokenizer).__qualname__)),
             )
             for chunk_result in results:
                 bar.update(0)
@@ -267,6 +360,7 @@ def build_chat_dataset(config: ChatDataConfig, progress: bool | None = None) -> 
                     where.append((chunk_result.source, chunk_result.lines))
                     all_lengths.append(chunk_result.lengths)
                 straddling += chunk_result.straddling
+                fallbacks += chunk_result.fallbacks
                 turn_ends.update(chunk_result.turn_ends)
         bar.close()
         tokenised_s = time.perf_counter() - start
@@ -291,6 +385,11 @@ def build_chat_dataset(config: ChatDataConfig, progress: bool | None = None) -> 
     report["end_of_turn"] = {
         "id": end_of_turn,
         "token": tokenizer.convert_ids_to_tokens(end_of_turn),
+    }
+    report["backend"] = {
+        "name": worker_config.backend,
+        "reason": backend_reason,
+        "conversations_on_hf": fallbacks if fast is not None else None,
     }
     report["straddling_tokens"] = straddling
     report["last_trained_token_counts"] = {str(k): v for k, v in turn_ends.most_common()}

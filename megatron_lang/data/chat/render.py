@@ -27,7 +27,8 @@ refused with the advice to use ``exact=True`` (Jinja for every conversation).
 Tokens come from the tokenizer's Rust backend on the whole rendered text (with
 ``add_special_tokens=False``: the template writes BOS itself), so the ids are exactly
 those of ``tokenizer(apply_chat_template(...))``; a token is trained when its first
-character lies in a trained span.
+character lies in a trained span.  For byte-level BPE tokenizers the same ids and masks
+come several times faster from gigatoken and byte offsets (:mod:`.tokens`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import numpy as np
 
 from megatron_lang.data.chat.formats import Message
 from megatron_lang.data.chat.templates import NAMED_TEMPLATES
+from megatron_lang.data.chat.tokens import ByteLevelEncoder, FlatEncoding, splice
 
 LOSS_MODES = ("assistant", "last_turn", "full")
 _OPEN, _CLOSE = "\ue000", "\ue001"  # private-use characters around placeholder numbers
@@ -134,6 +136,10 @@ class Encoded:
     turn_ends: list[int] = field(default_factory=list)  # id of the last trained token per span
 
 
+def _dicts(messages: list[Message]) -> list[dict]:
+    return [{"role": m.role, "content": m.content} for m in messages]
+
+
 class ChatRenderer:
     """Renders conversations with one template and loss mode; see the module docstring.
 
@@ -146,6 +152,8 @@ class ChatRenderer:
             cannot follow).
         verify_every: re-render every n-th conversation of a shape with Jinja (besides the
             first ``verify_first``) and refuse on a difference.
+        fast: a :class:`~.tokens.ByteLevelEncoder` for the tokenizer (gigatoken ids, byte
+            offsets), or None for HF ``tokenizers`` with character offsets, the reference.
     """
 
     def __init__(
@@ -156,6 +164,7 @@ class ChatRenderer:
         exact: bool = False,
         verify_first: int = 4,
         verify_every: int = 512,
+        fast: ByteLevelEncoder | None = None,
     ) -> None:
         if loss_mode not in LOSS_MODES:
             raise ValueError(f"unknown loss mode {loss_mode!r} (known: {', '.join(LOSS_MODES)})")
@@ -168,6 +177,8 @@ class ChatRenderer:
         self.exact = exact
         self.verify_first = verify_first
         self.verify_every = verify_every
+        self.fast = fast
+        self.fallbacks = 0  # conversations the fast encoder handed to HF
         self._skeletons: dict[tuple[str, ...], _Skeleton] = {}
         self._seen: dict[tuple[str, ...], int] = {}
         self._eot_id: int | None = None
@@ -322,18 +333,16 @@ class ChatRenderer:
             )
 
     def _fill(self, skeleton: _Skeleton, contents: list[str]) -> Rendered:
-        pieces = []
-        begin = []
+        pieces = [part if part.__class__ is str else contents[part] for part in skeleton.parts]
+        begin = [0]
         pos = 0
-        for part in skeleton.parts:
-            piece = part if isinstance(part, str) else contents[part]
-            begin.append(pos)
-            pieces.append(piece)
+        for piece in pieces:
             pos += len(piece)
+            begin.append(pos)
         spans = []
         for (ks, os_), (ke, oe) in skeleton.spans:
-            s = begin[ks] + (len(pieces[ks]) if os_ == -1 else os_)
-            e = begin[ke] + (len(pieces[ke]) if oe == -1 else oe)
+            s = begin[ks + 1] if os_ == -1 else begin[ks] + os_
+            e = begin[ke + 1] if oe == -1 else begin[ke] + oe
             spans.append((s, e))
         return Rendered("".join(pieces), spans)
 
@@ -341,17 +350,19 @@ class ChatRenderer:
 
     def render(self, messages: list[Message]) -> Rendered:
         """The conversation's text and trained character spans."""
-        dicts = [{"role": m.role, "content": m.content} for m in messages]
         if self.exact or any(_OPEN in m.content or _CLOSE in m.content for m in messages):
-            return Rendered(*self._spans_by_jinja(dicts))
-        roles = tuple(m.role for m in messages)
-        skeleton = self._skeleton(roles)
-        contents = [m.content.strip() if skeleton.strip else m.content for m in messages]
+            return Rendered(*self._spans_by_jinja(_dicts(messages)))
+        roles = tuple([m.role for m in messages])
+        skeleton = self._skeletons.get(roles) or self._skeleton(roles)
+        if skeleton.strip:
+            contents = [m.content.strip() for m in messages]
+        else:
+            contents = [m.content for m in messages]
         rendered = self._fill(skeleton, contents)
         seen = self._seen.get(roles, 0)
         self._seen[roles] = seen + 1
         if seen < self.verify_first or seen % self.verify_every == 0:
-            text, spans = self._spans_by_jinja(dicts)
+            text, spans = self._spans_by_jinja(_dicts(messages))
             if text != rendered.text or spans != rendered.spans:
                 raise TemplateError(
                     f"template {self.template.name!r} renders this conversation differently "
@@ -361,25 +372,65 @@ class ChatRenderer:
         return rendered
 
     def encode(self, rendered: list[Rendered]) -> list[Encoded]:
-        """Token ids and loss masks of rendered conversations (one backend batch call)."""
-        encodings = self.backend.encode_batch([r.text for r in rendered], add_special_tokens=False)
+        """Token ids and loss masks of rendered conversations, one :class:`Encoded` each."""
+        flat = self.encode_flat(rendered)
+        offsets = np.concatenate([[0], np.cumsum(flat.lengths)])
+        span_bounds = np.searchsorted(flat.span_conv, np.arange(len(rendered) + 1))
         out = []
-        for r, enc in zip(rendered, encodings):
+        for i in range(len(rendered)):
+            a, b = offsets[i], offsets[i + 1]
+            ends = flat.turn_end_ids[span_bounds[i] : span_bounds[i + 1]]
+            out.append(
+                Encoded(
+                    flat.ids[a:b],
+                    flat.mask[a:b],
+                    int(flat.straddling[i]),
+                    [int(t) for t in ends if t >= 0],
+                )
+            )
+        return out
+
+    def encode_flat(self, rendered: list[Rendered]) -> FlatEncoding:
+        """All conversations' ids and masks, flat: gigatoken when the renderer has the fast
+        encoder (conversations it cannot do exactly go to HF), else HF."""
+        if self.fast is None or not rendered:
+            return self.encode_hf(rendered)
+        fast, fallback = self.fast.encode([r.text for r in rendered], [r.spans for r in rendered])
+        self.fallbacks += len(fallback)
+        if not len(fallback):
+            return fast
+        return splice(fast, fallback, self.encode_hf([rendered[i] for i in fallback]))
+
+    def encode_hf(self, rendered: list[Rendered]) -> FlatEncoding:
+        """The reference: HF ``tokenizers`` ids with character offsets (one batch call)."""
+        encodings = self.backend.encode_batch([r.text for r in rendered], add_special_tokens=False)
+        ids_all, masks, lengths, straddling_all = [], [], [], []
+        turn_ends, span_conv = [], []
+        for i, (r, enc) in enumerate(zip(rendered, encodings)):
             ids = np.asarray(enc.ids, dtype=np.int64)
             offsets = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
             starts, ends = offsets[:, 0], offsets[:, 1]
             mask = np.zeros(len(ids), dtype=np.uint8)
             straddling = 0
-            turn_ends = []
             for s, e in r.spans:
                 inside = (starts >= s) & (starts < e)
                 mask |= inside
                 straddling += int(((starts < s) & (ends > s)).sum())
                 where = np.flatnonzero(inside)
-                if len(where):
-                    turn_ends.append(int(ids[where[-1]]))
-            out.append(Encoded(ids, mask, straddling, turn_ends))
-        return out
+                turn_ends.append(int(ids[where[-1]]) if len(where) else -1)
+                span_conv.append(i)
+            ids_all.append(ids)
+            masks.append(mask)
+            lengths.append(len(ids))
+            straddling_all.append(straddling)
+        return FlatEncoding(
+            np.concatenate(ids_all) if ids_all else np.zeros(0, np.int64),
+            np.concatenate(masks) if masks else np.zeros(0, np.uint8),
+            np.asarray(lengths, dtype=np.int64),
+            np.asarray(straddling_all, dtype=np.int64),
+            np.asarray(turn_ends, dtype=np.int64),
+            np.asarray(span_conv, dtype=np.int64),
+        )
 
     @property
     def end_of_turn_id(self) -> int | None:
