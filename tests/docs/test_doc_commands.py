@@ -483,6 +483,9 @@ RUNS: dict[str, dict[str, set[str]]] = {
     },
     "tests/adaptation/test_tokenizer_clis.py::test_errors_exit_1": {
         "tools/preprocess/train_tokenizer.py": {"--input", "--output", "--type"}},
+    "tests/adaptation/test_vocab_sweep.py::sweep_run": {
+        "tools/preprocess/vocab_sweep.py": {
+            "--corpus", "--heldout", "--base-tokenizer", "--sizes", "--out-dir"}},
     "tests/adaptation/test_fertility.py::test_cli_writes_json_and_png": {
         "tools/preprocess/fertility.py": {
             "--input", "--tokenizer", "--json", "--plot", "--no-progress"}},
@@ -614,6 +617,9 @@ COVERAGE: dict[tuple[str, str], list[str]] = {
     ("docs/tokenizer.md", "tools/preprocess/train_tokenizer.py"): _TOK,
     ("docs/tokenizer.md", "tools/preprocess/extend_vocab.py"): [_T + "test_train_extend_measure"],
     ("docs/tokenizer.md", "tools/preprocess/fertility.py"): _FERT,
+    ("docs/tokenizer.md", "tools/preprocess/vocab_sweep.py"): [
+        "tests/adaptation/test_vocab_sweep.py::sweep_run"
+    ],
     ("docs/conversion.md", "tools/convert_hf/hf_to_megatron.py"): _HF2M,
     ("docs/conversion.md", "tools/convert_hf/megatron_to_hf.py"): _M2HF,
     ("docs/embedding_init.md", "tools/convert_hf/hf_to_megatron.py"): _HF2M,
