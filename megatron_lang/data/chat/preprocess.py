@@ -22,10 +22,13 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing as mp
 import os
 import tempfile
 import time
-from collections import Counter
+from collections import Counter, deque
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -47,7 +50,7 @@ from megatron_lang.data.chat.tokens import (
     same_encoding,
 )
 from megatron_lang.data.indexed import IndexedDatasetWriter, optimal_dtype, read_index
-from megatron_lang.data.preprocess import PreprocessError, _ordered_map
+from megatron_lang.data.preprocess import PreprocessError, _ordered_map, _worker_death
 from megatron_lang.platform.files import atomic_output_dir
 
 logger = logging.getLogger(__name__)
@@ -270,6 +273,56 @@ def process_block(chunk: readers.Chunk) -> BlockResult:
     )
 
 
+def _map_blocks(blocks, workers: int, initargs: tuple):
+    """``process_block`` over ``blocks``, results in input order.
+
+    With ``workers > 1`` the main process, which already holds a renderer, processes the
+    blocks itself until a worker has started (about a second: it loads the tokenizer),
+    and afterwards the next block whenever the oldest block sent to a worker is not back
+    yet; at most ``16 x workers`` results (about 3 MB each) wait in memory.  A block's
+    result does not depend on the process, so the files do not either.
+    """
+    if workers <= 1:
+        yield from _ordered_map(process_block, blocks, 1, _init_worker, initargs)
+        return
+    _init_worker(*initargs)
+    ctx = mp.get_context("spawn")
+    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=initargs)
+    processes: dict = {}  # every worker started, to name the one that died
+    window: deque = deque()  # (future, block) or (None, result)
+    blocks = iter(blocks)
+    try:
+        started = [pool.submit(os.getpid) for _ in range(workers)]  # done once a worker is up
+        processes.update(getattr(pool, "_processes", None) or {})
+        block = next(blocks, None)
+        while block is not None or window:
+            if not any(f.done() for f in started):
+                yield process_block(block)  # window is empty until a worker is up
+                block = next(blocks, None)
+                continue
+            busy = sum(1 for f, _ in window if f is not None and not f.done())
+            while block is not None and busy < 2 * workers:
+                window.append((pool.submit(process_block, block), block))
+                processes.update(getattr(pool, "_processes", None) or {})
+                busy += 1
+                block = next(blocks, None)
+            future, value = window[0]
+            if future is not None and not future.done() and block is not None:
+                if len(window) < 16 * workers:
+                    window.append((None, process_block(block)))
+                    block = next(blocks, None)
+                    continue
+            window.popleft()
+            yield value if future is None else future.result()
+    except BrokenProcessPool as err:
+        pool.shutdown(wait=True, cancel_futures=True)
+        at = next((b for f, b in window if f is not None), block)
+        raise PreprocessError(_worker_death(processes.values(), at)) from err
+    finally:
+        _STATE.clear()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _blocks(files: list[Path]):
     for path in files:
         yield from readers._jsonl_chunks(path, _BLOCK_BYTES, 64 << 20)
@@ -305,9 +358,8 @@ def build_chat_dataset(config: ChatDataConfig, progress: bool | None = None) -> 
     end_of_turn = probe.end_of_turn_id
     fast, backend_reason = choose_backend(tokenizer, template, config, files)
     worker_config = replace(config, backend="hf" if fast is None else "gigatoken")
-    if config.workers == 1:
-        _STATE["tokenizer"] = tokenizer
-        _STATE["fast"] = fast
+    _STATE["tokenizer"] = tokenizer  # the main process's renderer uses them
+    _STATE["fast"] = fast
     start = time.perf_counter()
     dtype = optimal_dtype(len(tokenizer))
     errors: Counter = Counter()
@@ -333,13 +385,8 @@ def build_chat_dataset(config: ChatDataConfig, progress: bool | None = None) -> 
             IndexedDatasetWriter(raw_prefix, dtype) as tok_writer,
             IndexedDatasetWriter(mask_prefix, np.uint8) as mask_writer,
         ):
-            results = _ordered_map(
-                process_block,
-                _blocks(files),
-                config.workers,
-                _init_worker,
-                (worker_config, (type(tokenizer).__module__, type(tokenizer).__qualname__)),
-            )
+            tokenizer_class = (type(tokenizer).__module__, type(tokenizer).__qualname__)
+            results = _map_blocks(_blocks(files), config.workers, (worker_config, tokenizer_class))
             for chunk_result in results:
                 bar.update(0)
                 for source, line_no, reason, detail in chunk_result.errors:
