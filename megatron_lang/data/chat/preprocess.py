@@ -104,7 +104,7 @@ class BlockResult:
 
     source: str
     lines: np.ndarray  # line number of each kept conversation
-    ids: np.ndarray  # all token ids, concatenated
+    ids: np.ndarray  # all token ids, concatenated, in the dataset's dtype
     mask: np.ndarray  # uint8, same length
     lengths: np.ndarray  # tokens per conversation
     errors: list[tuple[str, int, str, str]] = field(default_factory=list)
@@ -150,6 +150,7 @@ def _init_worker(config: ChatDataConfig, tokenizer_class: tuple[str, str] | None
         tokenizer, template, config.loss_mode, exact=config.exact_render, fast=fast
     )
     _STATE["config"] = config
+    _STATE["dtype"] = optimal_dtype(len(tokenizer))  # what the writer casts to
 
 
 SAMPLE_CONVERSATIONS = 256  # conversations from the input in the verification sample
@@ -268,6 +269,7 @@ def process_block(chunk: readers.Chunk) -> BlockResult:
     )
     order = np.argsort(first, kind="stable")  # first appearance, as Counter.update counts
     turn_ends = Counter(dict(zip(values[order].tolist(), counts[order].tolist())))
+    ids = ids.astype(_STATE["dtype"])  # 4x less to send back for a vocabulary < 65,500
     return BlockResult(
         chunk.source, lines, ids, mask, lengths, errors, straddling, turn_ends, fallbacks
     )
