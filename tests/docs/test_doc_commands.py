@@ -458,6 +458,12 @@ RUNS: dict[str, dict[str, set[str]]] = {
         "tools/preprocess/preprocess_chat.py": {
             "--input", "--output", "--tokenizer", "--workers", "--seq-length"},
     },
+    "tests/downstream/test_harness.py::test_lm_eval_bits_per_byte_equals_ours_and_the_report_is_written": {
+        "tools/analysis/build_downstream_data.py": {"--output", "--no-ddtp", "--text"},
+        "tools/analysis/downstream.py": {
+            "--data", "--models", "--out-dir", "--max-length", "--device", "--batch-size",
+            "--tasks"},
+    },
     "tests/data/test_ddtp.py::test_cli": {
         "tools/preprocess/build_ddtp_instructions.py": {
             "--output", "--limit", "--tasks", "--locale-dir", "--lists-dir"},
@@ -566,6 +572,9 @@ NOT_RUN: dict[str | tuple[str, str], str] = {
     "awk": "splits the user's corpus (every 5th line held out) in docs/tokenizer.md; the "
     "tested tool for such a split is tools/preprocess/split_corpus.py "
     "(tests/data/test_langfilter.py::test_split_jsonl)",
+    ("docs/downstream.md", "sudo"): "apt-get update -o Acquire::Languages=da,en changes the "
+    "machine's apt lists (root); tests/downstream/test_data.py::test_real_ddtp_tasks reads "
+    "them where present",
     ("docs/data.md", "sudo"): "apt-get update -o Acquire::Languages=da,en changes the "
     "machine's apt lists (root); tests/data/test_ddtp.py::test_real_apt_lists reads them "
     "where present and builds synthetic lists otherwise",
@@ -580,6 +589,7 @@ NOT_RUN: dict[str | tuple[str, str], str] = {
 
 # (doc page, tool) -> test functions that run the tool. Every docs command must be listed
 # here or in NOT_RUN.
+_DS = "tests/downstream/test_harness.py::test_lm_eval_bits_per_byte_equals_ours_and_the_report_is_written"
 _P = "tests/tools/test_preprocess_cli.py::"
 _T = "tests/adaptation/test_tokenizer_clis.py::"
 _R = "tests/docs/test_doc_runs.py::"
@@ -661,6 +671,8 @@ COVERAGE: dict[tuple[str, str], list[str]] = {
     ("docs/sft.md", "tools/preprocess/preprocess_chat.py"): [
         "tests/data/chat/test_preprocess_chat.py::test_workers_give_identical_files"
     ],
+    ("docs/downstream.md", "tools/analysis/build_downstream_data.py"): [_DS],
+    ("docs/downstream.md", "tools/analysis/downstream.py"): [_DS],
     ("docs/data.md", "tools/preprocess/build_ddtp_instructions.py"): [
         "tests/data/test_ddtp.py::test_cli"
     ],
