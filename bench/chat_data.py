@@ -20,6 +20,7 @@ beside ours (and a note when ``trl`` happens to be importable).
 Usage::
 
     PYTHONPATH=. .venv/bin/python bench/chat_data.py [--seq-length 2048] [--limit N]
+        [--backend auto|hf|gigatoken]
 """
 
 from __future__ import annotations
@@ -71,7 +72,9 @@ def build_conversations(folder: Path, limit: int | None) -> tuple[Path, float]:
     return path, time.perf_counter() - t0
 
 
-def run_tool(src: Path, out: Path, tokenizer: Path, seq_length: int, workers: int) -> dict:
+def run_tool(
+    src: Path, out: Path, tokenizer: Path, seq_length: int, workers: int, backend: str = "auto"
+) -> dict:
     """The CLI end to end; its report."""
     cmd = [
         sys.executable,
@@ -81,6 +84,7 @@ def run_tool(src: Path, out: Path, tokenizer: Path, seq_length: int, workers: in
         "--tokenizer", str(tokenizer),
         "--seq-length", str(seq_length),
         "--workers", str(workers),
+        "--backend", backend,
         "--no-progress",
     ]  # fmt: skip
     t0 = time.perf_counter()
@@ -95,6 +99,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seq-length", type=int, default=2048)
     p.add_argument("--limit", type=int, help="use the first N DDTP entries only")
+    p.add_argument(
+        "--backend",
+        choices=["auto", "hf", "gigatoken"],
+        default="auto",
+        help="the tool's --backend (hf: the reference tokenizers path, for comparison)",
+    )
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="chat-bench-") as tmp:
         folder = Path(tmp)
@@ -104,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"DDTP translation conversations: {lines} (built in {build_s:.1f} s)")
         rows = []
         for workers in (1, 2):
-            r = run_tool(src, folder / f"out{workers}", tokenizer, args.seq_length, workers)
+            out = folder / f"out{workers}"
+            r = run_tool(src, out, tokenizer, args.seq_length, workers, args.backend)
             rows.append((workers, r))
         same = all(
             (folder / "out1" / n).read_bytes() == (folder / "out2" / n).read_bytes()
