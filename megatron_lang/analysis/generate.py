@@ -29,6 +29,31 @@ class Continuation:
         return asdict(self)
 
 
+def load_hf_model(model_dir: str | os.PathLike, device: str = "cpu", dtype=None):
+    """``(tokenizer, model)`` of an HF directory, loaded by transformers alone, in eval mode.
+
+    Args:
+        model_dir: HF model directory (``config.json``, weights, tokenizer).
+        device: torch device of the model.
+        dtype: torch dtype (default ``torch.float32``).
+
+    Raises:
+        GenerationError: no ``config.json`` in ``model_dir`` or transformers cannot load it.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(model_dir)
+    if not (path / "config.json").is_file():
+        raise GenerationError(f"{path} is not an HF model directory (no config.json)")
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
+    except (OSError, ValueError, KeyError) as e:
+        raise GenerationError(f"transformers cannot load {path}: {e}") from e
+    return tok, model.to(device).eval()
+
+
 def greedy_continuations(
     model_dir: str | os.PathLike, prompts: list[str], max_new_tokens: int = 30
 ) -> list[Continuation]:
@@ -39,20 +64,11 @@ def greedy_continuations(
             or a prompt is empty.
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = Path(model_dir)
-    if not (path / "config.json").is_file():
-        raise GenerationError(f"{path} is not an HF model directory (no config.json)")
     for i, p in enumerate(prompts):
         if not p.strip():
             raise GenerationError(f"prompt {i} is empty")
-    try:
-        tok = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    except (OSError, ValueError, KeyError) as e:
-        raise GenerationError(f"transformers cannot load {path}: {e}") from e
-    model.eval()
+    tok, model = load_hf_model(model_dir)
     out = []
     for prompt in prompts:
         ids = tok(prompt, return_tensors="pt").input_ids

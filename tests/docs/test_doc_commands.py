@@ -511,6 +511,11 @@ RUNS: dict[str, dict[str, set[str]]] = {
     },
     "tests/analysis/test_divergence.py::test_cli_prints_table_and_writes": {
         "tools/analysis/divergence.py": {"--out", "--no-progress"}},
+    "tests/analysis/test_speed.py::test_cli_prints_the_table_and_writes_json": {
+        "tools/analysis/speed.py": {
+            "--models", "--text", "--new-tokens", "--prompt-tokens", "--prompts",
+            "--prompt-words", "--max-words", "--repeats", "--warmup", "--threads", "--device",
+            "--dtype", "--output"}},
     "tests/analysis/test_perplexity.py::test_cli_prints_the_table_and_writes_json": {
         "tools/analysis/evaluate.py": {
             "--models", "--data", "--seq-length", "--stride", "--output", "--no-progress"}},
@@ -686,6 +691,9 @@ COVERAGE: dict[tuple[str, str], list[str]] = {
         "tests/data/test_langfilter.py::test_split_jsonl"
     ],
     ("docs/evaluation.md", "tools/analysis/generate.py"): [DEMO_TEST],
+    ("docs/evaluation.md", "tools/analysis/speed.py"): [
+        "tests/analysis/test_speed.py::test_cli_prints_the_table_and_writes_json"
+    ],
     ("docs/evaluation.md", "tools/analysis/summary.py"): [
         "tests/analysis/test_summary.py::test_summary_table_verdict_and_plots"
     ],
