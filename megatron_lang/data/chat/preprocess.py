@@ -176,6 +176,9 @@ def choose_backend(
     else:
         reference = ChatRenderer(tokenizer, template, config.loss_mode, exact=config.exact_render)
         fixed = [[Message("user", u), Message("assistant", a)] for u, a in VERIFICATION_CONTENTS]
+        added = [t.content for t in tokenizer.backend_tokenizer.get_added_tokens_decoder().values()]
+        if added:  # every added token inside text, as a user may write it
+            fixed.append([Message("user", "x".join(added)), Message("assistant", " ".join(added))])
         rendered = [reference.render(m) for m in fixed]
         for chunk in _blocks(files[:1]):
             rendered += _parse(chunk, reference, config, limit=SAMPLE_CONVERSATIONS)[2]
