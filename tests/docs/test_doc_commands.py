@@ -462,7 +462,17 @@ RUNS: dict[str, dict[str, set[str]]] = {
         "tools/analysis/build_downstream_data.py": {"--output", "--no-ddtp", "--text"},
         "tools/analysis/downstream.py": {
             "--data", "--models", "--out-dir", "--max-length", "--device", "--batch-size",
-            "--tasks"},
+            "--tasks", "--chat", "--limit"},
+    },
+    "tests/downstream/test_classify.py::test_cli_lora_on_the_ddtp_section_task": {
+        "tools/analysis/classify.py": {
+            "--ddtp", "--lists-dir", "--ddtp-split", "--sections", "--limit", "--folds", "--seed",
+            "--lora", "--epochs", "--max-length", "--models", "--out-dir"},
+    },
+    "tests/downstream/test_classify.py::test_cli_full_fine_tuning_on_a_jsonl": {
+        "tools/analysis/classify.py": {
+            "--data", "--folds", "--lr", "--batch-size", "--max-length", "--threads",
+            "--models", "--out-dir"},
     },
     "tests/data/test_ddtp.py::test_cli": {
         "tools/preprocess/build_ddtp_instructions.py": {
@@ -678,6 +688,11 @@ COVERAGE: dict[tuple[str, str], list[str]] = {
     ],
     ("docs/downstream.md", "tools/analysis/build_downstream_data.py"): [_DS],
     ("docs/downstream.md", "tools/analysis/downstream.py"): [_DS],
+    ("docs/downstream.md", "tools/analysis/classify.py"): [
+        "tests/downstream/test_classify.py::test_cli_lora_on_the_ddtp_section_task",
+        "tests/downstream/test_classify.py::test_cli_full_fine_tuning_on_a_jsonl",
+    ],
+    ("docs/downstream.md", "tools/convert_hf/megatron_to_hf.py"): _M2HF,
     ("docs/data.md", "tools/preprocess/build_ddtp_instructions.py"): [
         "tests/data/test_ddtp.py::test_cli"
     ],

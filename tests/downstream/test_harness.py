@@ -43,3 +43,12 @@ def test_lm_eval_bits_per_byte_equals_ours_and_the_report_is_written(
     assert "gimp_da_bpb" in table and "bits_per_byte" in table
     assert (out / "results.png").stat().st_size > 1000
     assert downstream.main([*argv, "--tasks", "nope"]) == 2
+    # a chat model (SmolLM2-Instruct has a template), two documents only
+    chat = tmp_path / "chat"
+    argv = ["--data", str(data), "--models", f"smollm2={smollm2_fp32_dir}", "--chat", "smollm2",
+            "--limit", "2", "--out-dir", str(chat), "--max-length", "512"]  # fmt: skip
+    assert downstream.main(argv) == 0
+    result = json.loads((chat / "results.json").read_text())
+    assert result["models"][0]["chat"] is True and result["settings"]["limit"] == 2
+    with pytest.raises(SystemExit):  # a --chat label that names no model
+        downstream.main(["--data", str(data), "--models", f"a={smollm2_fp32_dir}", "--chat", "b"])
